@@ -1,0 +1,1 @@
+"""KFP v2 pipeline definitions of the SRS workflow."""

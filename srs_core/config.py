@@ -1,0 +1,316 @@
+"""Typed configuration: one dataclass per concern, presets by name, YAML files and overrides.
+
+A run's configuration is built in three layers, later ones winning:
+preset (``tiny`` or ``paper``) -> YAML file(s) -> ``section.key=value`` overrides.
+Unknown sections/keys and values of the wrong type are a :class:`ConfigError` that names
+the source (file or override) and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from srs_core.errors import ConfigError
+
+EMOTIONS = ("Surprise", "Happiness", "Disgust", "Fear", "Sadness", "Anger", "Neutral")
+POSITIVE_EMOTIONS = (0, 1)
+NEGATIVE_EMOTIONS = (2, 3, 4, 5)
+NUM_CANDIDATES = 10
+
+
+@dataclass
+class DataConfig:
+    """Where the StickerChat data and the sentiment step's output live."""
+
+    stickerchat: str = "demo/stickerchat"  # root holding release_*.json and npy_stickers/
+    sentiment: str = ""  # root holding <split>.jsonl from `srs sentiment` ("" = no polarity)
+    cache: str = ""  # sticker-image cache root ("" = <train.output>/sticker-cache)
+    max_dialogs: int = 0  # per split, 0 = all (smoke runs)
+    max_text_tokens: int = 512
+    strict: bool = False  # fail on the first bad dialog instead of counting skips
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the ALBEF-style selector; `paper` is ViT-B/16 + BERT-base at 128 px."""
+
+    image_size: int = 128
+    patch_size: int = 16
+    vision_width: int = 768
+    vision_depth: int = 12
+    vision_heads: int = 12
+    text_width: int = 768
+    text_layers: int = 6  # text-only layers
+    fusion_layers: int = 6  # layers with cross-attention to the image tokens
+    text_heads: int = 12
+    text_intermediate: int = 3072
+    vocab_size: int = 21128
+    max_position: int = 512
+    embed_dim: int = 256  # shared ITA space
+    temperature: float = 0.07
+    simclr_hidden: int = 1024
+    simclr_dim: int = 256
+    vision_init: str = ""  # URI of ALBEF.pth ("" = random init)
+    text_init: str = ""  # URI of a Hugging Face bert-base-chinese directory ("" = random init)
+    vocab: str = ""  # URI of vocab.txt ("" = <text_init>/vocab.txt, else built from the data)
+
+
+@dataclass
+class LossConfig:
+    """Switches and weights of the PBR losses (each term can be turned off for ablations)."""
+
+    ita: bool = True
+    itm: bool = True
+    hard_mining: bool = True  # off: negatives drawn uniformly
+    polarity: bool = True  # polarity affinity in hard mining
+    simclr_intra: bool = True
+    simclr_inter: bool = True
+    emotion: bool = True
+    simclr_temperature: float = 0.1
+    simclr_weight: float = 0.5
+    emotion_weight: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """The SRS training loop."""
+
+    output: str = "runs/srs"  # URI: checkpoints, metrics, logs
+    epochs: int = 5
+    warmup_epochs: float = 1.0
+    batch_size: int = 4  # dialogs per process
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.02
+    grad_clip: float = 5.0
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    log_every: int = 20
+    num_workers: int = 2
+    seed: int = 42
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit)
+
+
+@dataclass
+class EmotionConfig:
+    """The SER30K emotion teacher and the anchors clustered from its features."""
+
+    ser30k: str = "demo/ser30k"
+    teacher: str = ""  # URI of trained teacher weights (input of anchors and SRS training)
+    anchors: str = ""  # URI of the [7*K, 2048] anchors .npy
+    image_size: int = 128
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    init: str = ""  # URI of timm-format ResNet50 weights to start from
+    num_workers: int = 2
+    seed: int = 0
+    precision: str = "auto"
+    k: int = 60  # anchors per emotion class
+    kmeans_backend: str = "auto"  # auto | kmcuda | cpu
+    kmeans_iterations: int = 100
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    batch_size: int = 32  # dialogs per scoring batch
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    # Small enough to train on 2 CPU cores in minutes; used by tests and the local demo.
+    "tiny": {
+        "model": {
+            "image_size": 32,
+            "patch_size": 8,
+            "vision_width": 64,
+            "vision_depth": 2,
+            "vision_heads": 2,
+            "text_width": 64,
+            "text_layers": 2,
+            "fusion_layers": 2,
+            "text_heads": 2,
+            "text_intermediate": 128,
+            "max_position": 128,
+            "embed_dim": 32,
+            "simclr_hidden": 64,
+            "simclr_dim": 32,
+        },
+        "data": {"max_text_tokens": 128},
+        "train": {
+            "epochs": 3,
+            "warmup_epochs": 0.5,
+            "batch_size": 8,
+            "lr": 5e-4,
+            "min_lr": 5e-5,
+            "checkpoint_every": 50,
+            "log_every": 10,
+            "num_workers": 0,
+        },
+        "emotion": {
+            "image_size": 32,
+            "epochs": 4,
+            "batch_size": 32,
+            "lr": 2e-3,
+            "k": 4,
+            "num_workers": 0,
+            "kmeans_iterations": 50,
+        },
+        "eval": {"batch_size": 16},
+    },
+}
+
+_VALID_CHOICES = {
+    ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("emotion", "precision"): ("auto", "fp32", "bf16"),
+    ("emotion", "kmeans_backend"): ("auto", "kmcuda", "cpu"),
+    ("eval", "split"): ("val", "test"),
+}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation; ints are accepted for floats."""
+    hint = annotation
+    if isinstance(hint, str):
+        hint = {"str": str, "int": int, "float": float, "bool": bool}.get(hint, hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "2e-4" (no dot) as a string; accept any Python float literal.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint in (str, int, float, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _apply(cfg: Config, updates: Mapping[str, Any], source: str) -> None:
+    if not isinstance(updates, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(updates).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(cfg)}
+    for section, values in updates.items():
+        if section not in sections:
+            raise ConfigError(
+                f"{source}: unknown section {section!r} (known: {', '.join(sections)})"
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        target = getattr(cfg, section)
+        hints = typing.get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in hints:
+                known = ", ".join(hints)
+                raise ConfigError(f"{source}: unknown key {section}.{key} (known: {known})")
+            where = f"{source}: {section}.{key}"
+            value = _coerce(value, hints[key], where)
+            choices = _VALID_CHOICES.get((section, key))
+            if choices and value not in choices:
+                raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+            setattr(target, key, value)
+
+
+def parse_override(text: str) -> dict[str, dict[str, Any]]:
+    """Turn ``section.key=value`` into a nested mapping; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: key must look like section.key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    if value is None:
+        value = ""
+    return {parts[0]: {parts[1]: value}}
+
+
+def _validate(cfg: Config) -> None:
+    m = cfg.model
+    if m.image_size % m.patch_size:
+        raise ConfigError(f"model.image_size {m.image_size} is not a multiple of model.patch_size")
+    if m.vision_width % m.vision_heads or m.text_width % m.text_heads:
+        raise ConfigError("model widths must be multiples of their head counts")
+    positive = {
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "emotion.k": cfg.emotion.k,
+        "emotion.batch_size": cfg.emotion.batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def load_config(
+    files: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+    preset: str | None = None,
+) -> Config:
+    """Build a :class:`Config` from a preset, YAML files and ``section.key=value`` overrides.
+
+    A YAML file may name its own preset with a top-level ``preset:`` key; ``preset`` wins.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    file_preset = None
+    for path in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        file_preset = loaded.pop("preset", file_preset)
+        layers.append((str(path), loaded))
+    chosen = preset or file_preset or "paper"
+    if chosen not in PRESETS:
+        raise ConfigError(f"unknown preset {chosen!r} (known: {', '.join(PRESETS)})")
+    cfg = Config()
+    _apply(cfg, PRESETS[chosen], f"preset {chosen}")
+    for source, values in layers:
+        _apply(cfg, values, source)
+    for text in overrides:
+        _apply(cfg, parse_override(text), f"override {text!r}")
+    _validate(cfg)
+    return cfg
