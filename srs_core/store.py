@@ -254,7 +254,7 @@ def open_write(uri: str | os.PathLike) -> Iterator[IO[bytes]]:
         with _atomic_local_file(loc) as handle:
             yield handle
         return
-    with tempfile.NamedTemporaryFile(prefix="srs-upload-", dir=_cache_root()) as handle:
+    with tempfile.NamedTemporaryFile(prefix="srs-upload-", dir=cache_root()) as handle:
         yield handle
         handle.flush()
         _upload_s3(Path(handle.name), loc)
@@ -372,7 +372,8 @@ def local_path(uri: str | os.PathLike) -> Path | None:
     return loc if isinstance(loc, Path) else None
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Local directory for cached downloads and scratch files (``SRS_CACHE_DIR``)."""
     root = Path(os.environ.get("SRS_CACHE_DIR") or Path.home() / ".cache" / "srs")
     root.mkdir(parents=True, exist_ok=True)
     return root
@@ -395,7 +396,7 @@ def fetch(uri: str | os.PathLike) -> Path:
     with _s3_errors(loc, "fetch"):
         etag = _client().stat_object(loc.bucket, loc.key).etag or ""
     digest = hashlib.sha256(loc.uri.encode()).hexdigest()[:16]
-    target = _cache_root() / "objects" / digest / PurePosixPath(loc.key).name
+    target = cache_root() / "objects" / digest / PurePosixPath(loc.key).name
     marker = target.with_name(target.name + ".etag")
     with _fetch_lock:
         if target.exists() and marker.exists() and marker.read_text() == etag:
@@ -413,7 +414,7 @@ def fetch_tree(prefix_uri: str | os.PathLike) -> Path:
             raise _local_missing(loc, "fetch")
         return loc
     digest = hashlib.sha256(loc.uri.rstrip("/").encode()).hexdigest()[:16]
-    root = _cache_root() / "trees" / digest
+    root = cache_root() / "trees" / digest
     report = copy_tree(prefix_uri, root, progress=False)
     if report.copied + report.skipped == 0:
         raise StoreNotFound(f"fetch {loc.uri}: no objects under this prefix")

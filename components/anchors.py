@@ -1,0 +1,34 @@
+"""Cluster the anchors: k-means per emotion over the teacher's SER30K features (GPU node)."""
+
+from kfp import dsl
+
+from components._image import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def cluster_anchors(
+    ser30k: str,
+    teacher: str,
+    k: int,
+    output_root: str,
+    preset: str,
+    overrides: str,
+) -> str:
+    """Build the ``[7*K, 2048]`` anchors (libKMCUDA on a GPU, CPU k-means elsewhere).
+
+    Returns the URI of the anchors ``.npy`` (config key ``emotion.anchors``).
+    """
+    import shlex
+
+    from srs_core import store
+    from srs_core.config import load_config
+    from srs_core.emotion.anchors import build_anchors
+
+    cfg = load_config([], shlex.split(overrides), preset=preset)
+    out = store.join(output_root, "anchors", f"anchors-k{k}")
+    build_anchors(
+        ser30k, teacher, k, out,
+        backend=cfg.emotion.kmeans_backend, seed=cfg.emotion.seed,
+        image_size=cfg.emotion.image_size,
+    )
+    return out + ".npy"

@@ -1,0 +1,42 @@
+"""Evaluate: score a split with the trained checkpoint; metrics and a report for the UI."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Metrics, Output
+
+from components._image import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def evaluate(
+    stickerchat: str,
+    checkpoint: str,
+    train_output: str,
+    output_root: str,
+    preset: str,
+    overrides: str,
+    split: str,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> str:
+    """Score ``split`` (test by default; model selection used val) and log all 7 metrics.
+
+    Returns the URI holding ``metrics.json`` and ``scores.jsonl``.
+    """
+    import shlex
+    from pathlib import Path
+
+    from srs_core import store
+    from srs_core.config import load_config
+    from srs_core.evaluate import evaluate as score_split
+    from srs_core.report import evaluation_report
+
+    # train.output: the sticker cache built during training lives there and is reused.
+    settings = [f"data.stickerchat={stickerchat}", f"train.output={train_output}"]
+    cfg = load_config([], [*shlex.split(overrides), *settings], preset=preset)
+    out = store.join(output_root, "evaluate", split)
+    results = score_split(cfg, checkpoint, split, out)
+    for name in ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1"):
+        metrics.log_metric(name, float(results[name]))
+    page = evaluation_report(out, stickerchat, train_output=train_output)
+    Path(report.path).write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,127 @@
+"""The SRS workflow as a KFP v2 pipeline (DESIGN.md section 1).
+
+```
+validate ──► prepare_sentiment ─────────────────────────────┐
+    └──────► train_emotion_teacher ──► cluster_anchors ──► train_srs ──► evaluate
+```
+
+Steps pass store URIs (all outputs live under the ``output_root`` parameter) plus KFP
+artifacts for the UI. Cluster settings (Secret env, resources, GPU nodes) are applied here,
+per task; they have no effect under ``kfp.local``, which runs the same DAG on one machine.
+
+Caching: KFP keys a cached step on its inputs, which are URIs, so a step is cached only where
+the same URIs always mean the same content: the data roots (treated as immutable: new data, new
+URI) and what the deterministic steps derive from them. Training rewrites ``<root>/srs`` (it
+resumes from its own checkpoints), so training, and evaluation of its checkpoint, never cache.
+"""
+
+# No `from __future__ import annotations`: KFP reads the parameter types at definition time.
+from kfp import dsl
+from kfp.dsl import Metrics
+
+from components import (
+    cluster_anchors,
+    evaluate,
+    prepare_sentiment,
+    train_emotion_teacher,
+    train_srs,
+    validate,
+)
+from components._image import GPU_IMAGE
+from pipelines.platform import STORE_SECRET, on_gpu, with_resources, with_store_secret
+
+PIPELINE_NAME = "srs-perceive-before-respond"
+BACKENDS = ("pytorchjob", "local")
+# CPU request (the limit is twice that) and memory (request = limit) per step, sized for the
+# real data set; kfp.local ignores them.
+RESOURCES = {
+    "validate": ("2", "4Gi"),
+    "sentiment": ("4", "8Gi"),
+    "teacher": ("8", "32Gi"),
+    "anchors": ("8", "32Gi"),
+    "train_in_step": ("8", "64Gi"),
+    "train_launcher": ("0.5", "1Gi"),  # only watches the PyTorchJob
+    "evaluate": ("8", "32Gi"),
+}
+
+
+def _retry(task: dsl.PipelineTask, times: int = 2) -> dsl.PipelineTask:
+    """Retry a step whose failures are mostly transient (store, network, node eviction) and
+    that is cheap or resumable to run again."""
+    return task.set_retry(num_retries=times, backoff_duration="30s", backoff_factor=2.0)
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Perceive before Respond: sticker response selection with emotion distillation "
+    "and polarity-aware hard negatives.",
+)
+def srs_pipeline(
+    stickerchat_uri: str = "s3://srs-data/stickerchat",
+    ser30k_uri: str = "s3://srs-data/ser30k",
+    output_root: str = "s3://srs-runs/default",
+    preset: str = "paper",
+    overrides: str = "",
+    anchors_k: int = 60,
+    epochs: int = 5,
+    batch_size: int = 4,
+    train_nodes: int = 2,
+    gpus_per_node: int = 1,
+    training_backend: str = "pytorchjob",
+    job_image: str = GPU_IMAGE,
+    sentiment_workers: int = 4,
+    strict_validation: bool = False,
+    eval_split: str = "test",
+) -> Metrics:
+    """The whole workflow; returns the evaluation metrics.
+
+    ``overrides``: extra ``section.key=value`` config settings, space-separated, for every
+    step. ``training_backend``: ``pytorchjob`` (``train_nodes`` pods of ``gpus_per_node`` GPUs)
+    or ``local`` (torchrun with ``gpus_per_node`` processes inside the step). Images are
+    constants of the components (KFP fixes them at compile time); ``job_image`` is the
+    PyTorchJob's image, the one image a run may choose.
+    """
+    config = {"output_root": output_root, "preset": preset, "overrides": overrides}
+
+    data = validate(stickerchat=stickerchat_uri, ser30k=ser30k_uri, strict=strict_validation)
+    with_resources(_retry(data, 3), *RESOURCES["validate"])
+    stickerchat, ser30k = data.outputs["stickerchat"], data.outputs["ser30k"]
+
+    sentiment = prepare_sentiment(stickerchat=stickerchat, output_root=output_root,
+                                  workers=sentiment_workers)
+    with_resources(_retry(sentiment), *RESOURCES["sentiment"])
+
+    teacher = train_emotion_teacher(ser30k=ser30k, **config)
+    on_gpu(with_resources(teacher, *RESOURCES["teacher"]))
+
+    anchors = cluster_anchors(ser30k=ser30k, teacher=teacher.outputs["teacher"], k=anchors_k,
+                              **config)
+    on_gpu(with_resources(_retry(anchors), *RESOURCES["anchors"]))
+
+    training = dict(
+        stickerchat=stickerchat, sentiment=sentiment.output, teacher=teacher.outputs["teacher"],
+        anchors=anchors.output, epochs=epochs, batch_size=batch_size, nodes=train_nodes,
+        gpus_per_node=gpus_per_node, job_image=job_image, store_secret=STORE_SECRET,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **config,
+    )
+    with dsl.If(training_backend == "pytorchjob", name="on-pytorchjob"):
+        # The step only creates and watches the job: the GPUs are requested by the job's pods.
+        # A retried step adopts the job it created (same run id) instead of starting another.
+        on_job = train_srs(backend="pytorchjob", **training).set_display_name("train-srs-job")
+        with_resources(_retry(on_job), *RESOURCES["train_launcher"])
+    with dsl.Else(name="in-step"):
+        in_step = train_srs(backend="local", **training).set_display_name("train-srs")
+        on_gpu(with_resources(in_step, *RESOURCES["train_in_step"]), gpus_per_node)
+    for task in (on_job, in_step):
+        task.set_caching_options(enable_caching=False)
+    train_output = dsl.OneOf(on_job.outputs["output"], in_step.outputs["output"])
+    checkpoint = dsl.OneOf(on_job.outputs["checkpoint"], in_step.outputs["checkpoint"])
+
+    scores = evaluate(stickerchat=stickerchat, checkpoint=checkpoint, train_output=train_output,
+                      split=eval_split, **config)
+    on_gpu(with_resources(_retry(scores), *RESOURCES["evaluate"]))
+    scores.set_caching_options(enable_caching=False)
+
+    for task in (data, sentiment, teacher, anchors, on_job, in_step, scores):
+        with_store_secret(task)
+    return scores.outputs["metrics"]

@@ -1,0 +1,163 @@
+"""Compile the pipeline, submit it to a Kubeflow Pipelines server, or run it on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from srs_core.errors import ConfigError, JobError
+
+log = logging.getLogger(__name__)
+
+# A bearer token for a KFP server behind authentication; read from the environment only, so
+# that it never shows in shell history, process lists or logs.
+TOKEN_ENV = "SRS_KFP_TOKEN"
+LOCAL_DEFAULTS = {"preset": "tiny", "training_backend": "local", "gpus_per_node": 1}
+_TYPES = {"String": str, "Integer": int, "Boolean": bool, "Float": float}
+
+
+def pipeline_parameters() -> dict[str, tuple[type, Any]]:
+    """Name -> (Python type, default) of every pipeline parameter."""
+    from pipelines.pipeline import srs_pipeline
+
+    return {name: (_TYPES[spec.type], spec.default)
+            for name, spec in srs_pipeline.component_spec.inputs.items()}
+
+
+def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
+    """``name=value`` strings -> typed pipeline arguments; unknown names are a ConfigError."""
+    known = pipeline_parameters()
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {pair!r}: expected name=value")
+        if name not in known:
+            raise ConfigError(f"--param {pair!r}: unknown parameter {name!r} "
+                              f"(known: {', '.join(sorted(known))})")
+        kind = known[name][0]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(text)
+                params[name] = text.lower() == "true"
+            else:
+                params[name] = kind(text)
+        except ValueError:
+            raise ConfigError(f"--param {pair!r}: {name} expects {kind.__name__}") from None
+    if "training_backend" in params:
+        from pipelines.pipeline import BACKENDS
+
+        if params["training_backend"] not in BACKENDS:
+            raise ConfigError(f"--param training_backend must be one of {', '.join(BACKENDS)}")
+    return params
+
+
+def compile_pipeline(out: str | Path) -> Path:
+    """Write the pipeline's YAML (KFP IR) to ``out``."""
+    from kfp import compiler
+
+    from pipelines.pipeline import srs_pipeline
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(srs_pipeline, str(out))
+    return out
+
+
+def submit(
+    host: str,
+    params: Mapping[str, Any] | None = None,
+    package: str | Path | None = None,
+    experiment: str = "srs",
+    run_name: str | None = None,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    enable_caching: bool | None = None,
+) -> dict[str, str]:
+    """Create a run on the KFP server at ``host`` (compiling the pipeline unless ``package``
+    names a compiled one); returns its run and experiment ids."""
+    import kfp
+
+    token = os.environ.get(TOKEN_ENV) or None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(package) if package else compile_pipeline(Path(tmp) / "srs-pipeline.yaml")
+        # kfp prints links to stdout; keep stdout for our JSON result.
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                client = kfp.Client(host=host, existing_token=token)
+                result = client.create_run_from_pipeline_package(
+                    str(path), arguments=dict(params or {}), run_name=run_name,
+                    experiment_name=experiment, namespace=namespace,
+                    service_account=service_account, enable_caching=enable_caching,
+                )
+            except Exception as exc:  # the client raises ApiException, urllib3, TimeoutError...
+                raise JobError(f"submitting to {host} failed: {type(exc).__name__}: "
+                               f"{_first_line(exc)}") from exc
+    run = result.run_info
+    return {"run_id": run.run_id, "experiment_id": run.experiment_id or "",
+            "url": f"{host.rstrip('/')}/#/runs/details/{run.run_id}"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def run_locally(
+    data_dir: str | Path, out_dir: str | Path, params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run the whole pipeline on this machine with ``kfp.local`` (one subprocess per step,
+    training with torchrun); returns the test metrics and where the KFP artifacts are.
+
+    ``data_dir`` holds ``stickerchat/`` and ``ser30k/`` (e.g. from ``srs data synth``);
+    step outputs go to ``<out>/<step>`` and KFP's artifacts to ``<out>/kfp``.
+    """
+    from kfp import local
+
+    from pipelines.pipeline import srs_pipeline
+
+    data, out = Path(data_dir).resolve(), Path(out_dir).resolve()
+    for part in ("stickerchat", "ser30k"):
+        if not (data / part).is_dir():
+            raise ConfigError(f"{data / part} does not exist: --data must hold stickerchat/ and "
+                              f"ser30k/ (make demo data with `srs data synth --out {data}`)")
+    arguments = {**LOCAL_DEFAULTS, "stickerchat_uri": str(data / "stickerchat"),
+                 "ser30k_uri": str(data / "ser30k"), "output_root": str(out), **(params or {})}
+    if arguments["training_backend"] != "local":
+        raise ConfigError("a local run trains with training_backend=local (no cluster here)")
+    kfp_root = out / "kfp"
+    kfp_root.mkdir(parents=True, exist_ok=True)
+    before = set(kfp_root.iterdir())
+    # use_venv=False: the steps run in this environment, where srs_core is installed.
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root),
+               raise_on_error=False)
+    task = srs_pipeline(**arguments)
+    runs = sorted(set(kfp_root.iterdir()) - before)
+    run_dir = runs[-1] if runs else None
+    metrics = dict(task.output.metadata) if task.outputs else {}
+    if not metrics:
+        raise JobError(f"the local pipeline run failed; see the step logs above"
+                       f"{f' and {run_dir}' if run_dir else ''}")
+    return {"metrics": metrics, "run_dir": str(run_dir), "artifacts": _artifacts(run_dir)}
+
+
+def _artifacts(run_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """Per task and output: the artifact's file and metadata, from the executor outputs."""
+    found: dict[str, dict[str, Any]] = {}
+    if run_dir is None:
+        return found
+    for output_file in sorted(run_dir.glob("*/executor_output.json")):
+        outputs = json.loads(output_file.read_text()).get("artifacts", {})
+        for name, entry in outputs.items():
+            for artifact in entry.get("artifacts", []):
+                found.setdefault(output_file.parent.name, {})[name] = {
+                    "uri": artifact.get("uri", ""), "metadata": artifact.get("metadata", {})}
+    return found

@@ -1,0 +1,351 @@
+"""StickerChat reader: JSON Lines dialogs and ``npy_stickers`` sets (DESIGN.md section 2).
+
+Layout under a root URI (a local directory or ``s3://bucket/prefix``)::
+
+    release_{train,val,test}.json               one dialog per line
+    npy_stickers/<set_id>/emoji_mapping.txt     "<sticker_id>\\t<emoji>" per line, set order
+    npy_stickers/<set_id>/<sticker_id>.npy      one image per sticker
+
+Dialogs are streamed line by line, so memory stays bounded for the 320k-line training file.
+IDs are 64-bit integers: the json module parses integers exactly, and a float, bool or
+non-numeric string where an id belongs is a ``bad_id`` problem (a float has already lost
+precision). Integer ids written as decimal strings are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from srs_core import store
+from srs_core.config import NUM_CANDIDATES
+from srs_core.data.candidates import build_candidates
+from srs_core.data.images import GRAY, decode_npy, gray_image
+from srs_core.data.report import DataProblem, Report
+from srs_core.errors import DataError, StoreNotFound
+
+__all__ = [
+    "GRAY", "SPLITS", "Dialog", "StickerSets", "Utterance", "build_candidates", "dialog_uri",
+    "gray_image", "iter_candidates", "iter_dialogs", "load_sticker", "mapping_uri",
+    "read_sticker_mapping", "read_sticker_set", "sticker_uri", "utterance_text",
+]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+_INT_TEXT = re.compile(r"-?[0-9]{1,20}")
+_ID_RANGE = (-(2**63), 2**64)  # signed or unsigned 64-bit
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """One context message; ``text`` is kept exactly as in the file (words space-separated)."""
+
+    text: str
+    id: int
+    from_id: int | None
+    reply_to_msg_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dialog:
+    """One line of a release file: the context and the answer sticker; ``line`` is 1-based."""
+
+    line: int
+    context: tuple[Utterance, ...]
+    sticker_set_id: int
+    sticker_id: int
+    sticker_alt: str
+
+
+def utterance_text(utterance: Utterance | str) -> str:
+    """The utterance with the word-separating spaces removed (input of sentiment/tokeniser)."""
+    text = utterance if isinstance(utterance, str) else utterance.text
+    return "".join(text.split())
+
+
+def dialog_uri(root: str, split: str) -> str:
+    """URI of ``release_<split>.json`` under a StickerChat root."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return store.join(root, f"release_{split}.json")
+
+
+def mapping_uri(root: str, set_id: int) -> str:
+    """URI of a set's ``emoji_mapping.txt``."""
+    return store.join(root, "npy_stickers", str(set_id), "emoji_mapping.txt")
+
+
+def sticker_uri(root: str, set_id: int, sticker_id: int) -> str:
+    """URI of one sticker's ``.npy`` file."""
+    return store.join(root, "npy_stickers", str(set_id), f"{sticker_id}.npy")
+
+
+# ----------------------------------------------------------------------------- dialogs
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, detail: str) -> None:
+        super().__init__(detail)
+        self.problem, self.detail = problem, detail
+
+
+def _as_id(value: Any, name: str, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if type(value) is int:
+        number = value
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
+        number = int(value)
+    else:
+        raise _Bad("bad_id", f"{name}={value!r} is not an integer id")
+    if not _ID_RANGE[0] <= number < _ID_RANGE[1]:
+        raise _Bad("bad_id", f"{name}={number} does not fit in 64 bits")
+    return number
+
+
+def _require(record: dict, key: str, where: str) -> Any:
+    if key not in record:
+        raise _Bad("missing_key", f"no {where}{key!r}")
+    return record[key]
+
+
+def _parse_utterance(item: Any, index: int) -> Utterance:
+    name = f"context[{index}]"
+    if not isinstance(item, dict):
+        raise _Bad("bad_record", f"{name} is {type(item).__name__}, expected an object")
+    text = _require(item, "text", f"{name}.")
+    if not isinstance(text, str):
+        raise _Bad("bad_record", f"{name}.text is {type(text).__name__}, expected a string")
+    return Utterance(
+        text=text,
+        id=_as_id(_require(item, "id", f"{name}."), f"{name}.id"),
+        from_id=_as_id(item.get("from_id"), f"{name}.from_id", optional=True),
+        reply_to_msg_id=_as_id(
+            item.get("reply_to_msg_id"), f"{name}.reply_to_msg_id", optional=True
+        ),
+    )
+
+
+def _parse_dialog(record: Any, line: int) -> Dialog:
+    """Check and convert one decoded JSON line; raises ``_Bad`` with its problem class."""
+    if not isinstance(record, dict):
+        raise _Bad("bad_record", f"line is a JSON {type(record).__name__}, expected an object")
+    context = _require(record, "context", "")
+    current = _require(record, "current", "")
+    if not isinstance(context, list):
+        raise _Bad("bad_record", "'context' is not a list")
+    if not isinstance(current, dict):
+        raise _Bad("bad_record", "'current' is not an object")
+    utterances = tuple(_parse_utterance(item, i) for i, item in enumerate(context))
+    if not any(u.text.strip() for u in utterances):
+        raise _Bad("empty_context", f"{len(utterances)} utterance(s), no text")
+    alt = current.get("sticker_alt", "")
+    return Dialog(
+        line=line,
+        context=utterances,
+        sticker_set_id=_as_id(_require(current, "sticker_set_id", "current."), "sticker_set_id"),
+        sticker_id=_as_id(_require(current, "sticker_id", "current."), "sticker_id"),
+        sticker_alt=alt if isinstance(alt, str) else str(alt),
+    )
+
+
+def _iter_lines(handle: IO[bytes]) -> Iterator[bytes]:
+    """Split a byte stream on newlines, reading fixed-size chunks (works for S3 bodies too)."""
+    pending = b""
+    while True:
+        block = handle.read(_CHUNK)
+        if not block:
+            break
+        lines = (pending + block).split(b"\n")
+        pending = lines.pop()
+        yield from lines
+    if pending:
+        yield pending
+
+
+def iter_dialogs(
+    root: str,
+    split: str,
+    report: Report | None = None,
+    strict: bool = False,
+    limit: int = 0,
+) -> Iterator[Dialog]:
+    """Stream the dialogs of one split; bad lines are skipped and counted in ``report``.
+
+    With ``strict`` (or a strict report) the first bad line raises :class:`DataProblem`.
+    Without a report, skips are logged as a warning at the end. ``limit`` > 0 stops after
+    that many dialogs.
+    """
+    uri = dialog_uri(root, split)
+    own_report = report is None
+    report = Report(strict=strict) if report is None else report
+    if strict:
+        report.strict = True
+    produced = 0
+    try:
+        with store.open_read(uri) as handle:
+            for number, raw in enumerate(_iter_lines(handle), start=1):
+                where = f"{uri}:{number}"
+                raw = raw.rstrip(b"\r")
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte-order mark is not data
+                if not raw.strip():
+                    report.add("blank_line", where, skipped=False)
+                    continue
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    report.add("not_utf8", where, f"invalid byte at column {exc.start + 1}")
+                    continue
+                try:
+                    record = json.loads(text)
+                except (json.JSONDecodeError, ValueError) as exc:
+                    report.add("bad_json", where, str(exc))
+                    continue
+                try:
+                    dialog = _parse_dialog(record, number)
+                except _Bad as bad:
+                    report.add(bad.problem, where, bad.detail)
+                    continue
+                yield dialog
+                produced += 1
+                if limit and produced >= limit:
+                    return
+    except StoreNotFound:
+        raise DataError(f"{uri}: dialog file not found; is {root!r} a StickerChat root?") from None
+    finally:
+        if own_report and report.counts:
+            log.warning("%s: skipped %d line(s): %s", uri, report.skipped, dict(report.counts))
+
+
+# ----------------------------------------------------------------------------- sticker sets
+
+
+def read_sticker_mapping(
+    root: str, set_id: int, report: Report | None = None
+) -> list[tuple[int, str]]:
+    """``(sticker_id, emoji)`` pairs in set order; bad lines raise unless a report counts them."""
+    uri = mapping_uri(root, set_id)
+    try:
+        data = store.read_bytes(uri)
+    except StoreNotFound:
+        raise DataProblem("unknown_set", uri, f"set {set_id} has no emoji_mapping.txt") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataProblem("not_utf8", uri, f"invalid byte at offset {exc.start}") from None
+    pairs: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # trailing blank lines are common and carry nothing
+        head, tab, emoji = line.strip().partition("\t")
+        if not tab:
+            head, _, emoji = head.partition(" ")
+        problem = None
+        if not _INT_TEXT.fullmatch(head.strip()):
+            problem = DataProblem("bad_mapping_line", f"{uri}:{number}", f"{line[:60]!r}")
+        elif int(head) in seen:
+            problem = DataProblem("duplicate_sticker", f"{uri}:{number}", f"{head} listed twice")
+        if problem is not None:
+            if report is None and problem.problem == "bad_mapping_line":
+                raise problem
+            if report is not None:
+                report.add_error(problem, skipped=False)
+            continue
+        seen.add(int(head))
+        pairs.append((int(head), emoji.strip()))
+    return pairs
+
+
+def read_sticker_set(root: str, set_id: int) -> list[int]:
+    """Sticker ids of a set in ``emoji_mapping.txt`` order (the candidates' order)."""
+    return [sticker for sticker, _ in read_sticker_mapping(root, set_id)]
+
+
+def load_sticker(root: str, set_id: int, sticker_id: int) -> np.ndarray:
+    """One sticker image as ``[H, W, 3] uint8``; DataProblem names the file when it fails."""
+    uri = sticker_uri(root, set_id, sticker_id)
+    try:
+        data = store.read_bytes(uri)
+    except StoreNotFound:
+        raise DataProblem("npy_missing", uri, "sticker file not found") from None
+    return decode_npy(data, uri)
+
+
+class StickerSets:
+    """Set orders of one StickerChat root, each read once; unknown or unreadable sets too."""
+
+    def __init__(self, root: str, report: Report | None = None) -> None:
+        self.root = root
+        self.report = report
+        self._orders: dict[int, list[int] | None] = {}
+        self._problems: dict[int, DataProblem] = {}
+
+    def order(self, set_id: int) -> list[int] | None:
+        """The set's sticker order, or None when the set is missing or unreadable."""
+        if set_id not in self._orders:
+            try:
+                pairs = read_sticker_mapping(self.root, set_id, report=self.report)
+                self._orders[set_id] = [sticker for sticker, _ in pairs]
+            except DataProblem as problem:
+                if self.report is None:
+                    raise
+                if problem.problem != "unknown_set":
+                    self.report.add_error(problem, skipped=False)  # once per set
+                self._orders[set_id], self._problems[set_id] = None, problem
+        return self._orders[set_id]
+
+    def orders(self) -> dict[int, list[int] | None]:
+        """Every set looked up so far (None: missing or unreadable)."""
+        return dict(self._orders)
+
+    def candidates(
+        self, dialog: Dialog, where: str, report: Report, n: int = NUM_CANDIDATES
+    ) -> list[int | None] | None:
+        """The dialog's candidates, or None (counted in ``report``) when it must be skipped."""
+        set_id = dialog.sticker_set_id
+        order = self.order(set_id)
+        if order is None:
+            problem = self._problems.get(set_id)
+            if problem is None or problem.problem == "unknown_set":
+                report.add("unknown_set", where, f"set {set_id} not in npy_stickers/")
+            else:
+                report.add("bad_set", where, f"set {set_id}: {problem.problem} in its mapping")
+            return None
+        if dialog.sticker_id not in order:
+            detail = f"sticker {dialog.sticker_id} not in set {set_id}"
+            report.add("sticker_not_in_set", where, detail)
+            return None
+        return build_candidates(dialog.sticker_id, order, n)
+
+
+def iter_candidates(
+    root: str,
+    split: str,
+    report: Report | None = None,
+    strict: bool = False,
+    limit: int = 0,
+    n: int = NUM_CANDIDATES,
+) -> Iterator[tuple[Dialog, list[int | None]]]:
+    """Stream ``(dialog, candidates)``; dialogs whose set or sticker is missing are counted."""
+    own_report = report is None
+    report = Report(strict=strict) if report is None else report
+    sets = StickerSets(root, report)
+    uri = dialog_uri(root, split)
+    try:
+        for dialog in iter_dialogs(root, split, report=report, strict=strict, limit=limit):
+            candidates = sets.candidates(dialog, f"{uri}:{dialog.line}", report, n)
+            if candidates is not None:
+                yield dialog, candidates
+    finally:
+        if own_report and report.counts:
+            log.warning("%s: skipped %d dialog(s): %s", uri, report.skipped, dict(report.counts))

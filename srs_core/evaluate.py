@@ -1,0 +1,169 @@
+"""Scoring dialogs' candidates and computing the protocol's metrics (DESIGN.md section 4).
+
+Candidates of a dialog all come from the answer's sticker set, and sets are shared by many
+dialogs. :func:`score_examples` therefore groups dialogs by set and encodes every sticker of a
+set once (the reference code re-encodes the same stickers for every dialog);
+:func:`score_examples_naive` is the per-dialog computation it must equal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from srs_core import store
+from srs_core.data.sticker_cache import PAD_ROW, StickerCache, gather
+from srs_core.metrics import rank_metrics
+from srs_core.train.data import Example, eval_transform
+
+log = logging.getLogger(__name__)
+
+Tokenize = Callable[[Sequence[Sequence[str]]], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Scores:
+    """Per-dialog candidate scores, positive at index 0: ``itm`` and ``ita`` are ``[N, 10]``."""
+
+    itm: np.ndarray
+    ita: np.ndarray
+
+
+def _images(cache: StickerCache, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+    raw = torch.from_numpy(gather(cache, rows)).permute(0, 3, 1, 2)
+    transform = eval_transform()
+    return torch.stack([transform(img) for img in raw]).to(device)  # [N, 3, S, S]
+
+
+def _score_group(
+    model, text_tokens, text_mask, text_feat, image_tokens, image_feat, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score ``B`` texts against their candidates; ``index [B, C]`` selects encoded images."""
+    b, c = index.shape
+    tokens = image_tokens[index.flatten()]  # [B*C, 1+P, D]
+    itm = model.itm_logits(
+        text_tokens.repeat_interleave(c, dim=0), text_mask.repeat_interleave(c, dim=0), tokens
+    )[:, 1].view(b, c)
+    ita = torch.einsum("be,bce->bc", text_feat, image_feat[index])
+    return itm.float(), ita.float()
+
+
+@torch.no_grad()
+def score_examples(
+    model,
+    examples: Sequence[Example],
+    cache: StickerCache,
+    tokenize: Tokenize,
+    device: torch.device,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Scores:
+    """Scores of every dialog's candidates, encoding each distinct sticker once."""
+    from tqdm import tqdm
+
+    model.eval()
+    by_set: dict[int, list[int]] = defaultdict(list)
+    for i, example in enumerate(examples):
+        by_set[example.set_id].append(i)
+    n, c = len(examples), len(examples[0].rows)
+    itm, ita = np.zeros((n, c), np.float32), np.zeros((n, c), np.float32)
+    bar = tqdm(total=n, unit="dialog", desc="score", disable=not progress)
+    for members in by_set.values():
+        rows = sorted({r for i in members for r in examples[i].rows} | {PAD_ROW})
+        position = {row: j for j, row in enumerate(rows)}
+        image_tokens, image_feat = model.encode_image(_images(cache, rows, device))
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            ids, mask = tokenize([examples[i].utterances for i in chunk])
+            text_tokens, text_feat = model.encode_text(ids.to(device), mask.to(device))
+            index = torch.tensor(
+                [[position[r] for r in examples[i].rows] for i in chunk], device=device
+            )
+            s_itm, s_ita = _score_group(
+                model, text_tokens, mask.to(device), text_feat, image_tokens, image_feat, index
+            )
+            itm[chunk], ita[chunk] = s_itm.cpu().numpy(), s_ita.cpu().numpy()
+            bar.update(len(chunk))
+    bar.close()
+    return Scores(itm, ita)
+
+
+@torch.no_grad()
+def score_examples_naive(
+    model,
+    examples: Sequence[Example],
+    cache: StickerCache,
+    tokenize: Tokenize,
+    device: torch.device,
+) -> Scores:
+    """Reference computation: encode each dialog's 10 candidates from scratch."""
+    model.eval()
+    itm, ita = [], []
+    for example in examples:
+        image_tokens, image_feat = model.encode_image(_images(cache, example.rows, device))
+        ids, mask = tokenize([example.utterances])
+        text_tokens, text_feat = model.encode_text(ids.to(device), mask.to(device))
+        index = torch.arange(len(example.rows), device=device)[None]
+        s_itm, s_ita = _score_group(
+            model, text_tokens, mask.to(device), text_feat, image_tokens, image_feat, index
+        )
+        itm.append(s_itm.cpu().numpy()[0])
+        ita.append(s_ita.cpu().numpy()[0])
+    return Scores(np.stack(itm), np.stack(ita))
+
+
+def summarize(scores: Scores) -> dict[str, float]:
+    """Protocol metrics from the ITM scores, plus the ITA-only ranking's metrics."""
+    metrics = rank_metrics(scores.itm)
+    metrics.update({f"ITA_{k}": v for k, v in rank_metrics(scores.ita).items()})
+    metrics["dialogs"] = float(len(scores.itm))
+    return metrics
+
+
+def write_scores(
+    out_uri: str, examples: Sequence[Example], scores: Scores, cache: StickerCache
+) -> None:
+    """``scores.jsonl``: one line per dialog with its candidates and both scores."""
+    def candidate(row: int, set_id: int) -> list:
+        if row == PAD_ROW:
+            return [set_id, None]
+        return [set_id, cache.sets[set_id][row - cache.offsets[set_id]]]
+
+    with store.open_write(store.join(out_uri, "scores.jsonl")) as handle:
+        for example, itm, ita in zip(examples, scores.itm, scores.ita, strict=True):
+            record = {
+                "line": example.line,
+                "utterances": list(example.utterances),
+                "candidates": [candidate(r, example.set_id) for r in example.rows],
+                "scores": [round(float(x), 6) for x in itm],
+                "ita": [round(float(x), 6) for x in ita],
+            }
+            handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def evaluate(cfg, checkpoint_uri: str, split: str, out_uri: str) -> dict[str, float]:
+    """Score a split with a trained checkpoint; writes ``metrics.json`` and ``scores.jsonl``."""
+    from srs_core.train.session import open_for_inference
+
+    started = time.time()
+    session = open_for_inference(cfg, checkpoint_uri, split)
+    scores = score_examples(
+        session.model, session.examples, session.cache, session.tokenize, session.device,
+        batch_size=cfg.eval.batch_size,
+    )
+    metrics = summarize(scores)
+    metrics["seconds"] = round(time.time() - started, 3)
+    metrics["dialogs_per_s"] = round(len(session.examples) / max(metrics["seconds"], 1e-9), 2)
+    write_scores(out_uri, session.examples, scores, session.cache)
+    payload = {"split": split, "checkpoint": checkpoint_uri, "metrics": metrics,
+               "skipped": session.report.as_dict()}
+    store.write_text(store.join(out_uri, "metrics.json"), json.dumps(payload, indent=2))
+    log.info("%s metrics: %s", split, {k: round(v, 4) for k, v in metrics.items()})
+    return metrics

@@ -1,0 +1,198 @@
+"""From store URIs to batches: dialogs + sticker cache -> candidates -> augmented tensors.
+
+Batch layout (B dialogs, C = 10 candidates, positive at index 0, S = model image size)::
+
+    images          float32 [B, C, 3, S, S]   train augmentation (or none), ImageNet-normalised
+    views           float32 [2, B, C, 3, S, S] two SimCLR augmentations (absent when off)
+    input_ids       int64   [B, T]            context tokens (latest utterances kept)
+    attention_mask  int64   [B, T]
+    text_polarity   float32 [B, 2]            cnsenti (pos, neg) counts summed over the context
+    index           int64   [B]               position in the split (for per-dialog outputs)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from srs_core.config import NUM_CANDIDATES
+from srs_core.data.report import Report
+from srs_core.data.sticker_cache import StickerCache, gather
+from srs_core.data.stickerchat import Dialog, iter_dialogs
+from srs_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One dialog ready for batching."""
+
+    line: int
+    utterances: tuple[str, ...]  # context texts with the segmentation spaces removed
+    set_id: int
+    sticker_id: int
+    rows: tuple[int, ...]  # sticker-cache rows of the candidates, positive first
+    polarity: tuple[float, float]
+
+
+def context_texts(dialog: Dialog) -> tuple[str, ...]:
+    return tuple(u.text.replace(" ", "") for u in dialog.context)
+
+
+def load_examples(
+    root: str,
+    split: str,
+    cache: StickerCache,
+    polarity: dict[int, tuple[float, float]] | None = None,
+    limit: int = 0,
+    report: Report | None = None,
+    strict: bool = False,
+) -> list[Example]:
+    """Read a split and resolve its candidates; unusable dialogs are counted in ``report``."""
+    report = report if report is not None else Report(strict=strict)
+    examples = []
+    for dialog in iter_dialogs(root, split, report=report, strict=strict, limit=limit):
+        where = f"release_{split}.json:{dialog.line}"
+        if not cache.has_set(dialog.sticker_set_id):
+            report.add("set_not_usable", where, f"sticker set {dialog.sticker_set_id}")
+            continue
+        try:
+            rows = cache.candidate_rows(dialog.sticker_set_id, dialog.sticker_id, NUM_CANDIDATES)
+        except DataError as exc:
+            report.add("sticker_not_in_set", where, str(exc))
+            continue
+        pol = polarity.get(dialog.line, (0.0, 0.0)) if polarity else (0.0, 0.0)
+        examples.append(
+            Example(dialog.line, context_texts(dialog), dialog.sticker_set_id,
+                    dialog.sticker_id, tuple(rows), pol)
+        )
+    if not examples:
+        raise DataError(f"{root} {split}: no usable dialogs ({report.render()})")
+    return examples
+
+
+def _normalise() -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transform(size: int) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.75, 1.0),
+                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        *_normalise(),
+    ])
+
+
+def eval_transform() -> v2.Compose:
+    return v2.Compose(_normalise())
+
+
+def simclr_transform(size: int) -> v2.Compose:
+    kernel = max(3, (size // 10) | 1)
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+        v2.RandomHorizontalFlip(),
+        *_normalise(),
+    ])
+
+
+class SrsDataset(torch.utils.data.Dataset):
+    """Candidates of each dialog as augmented image tensors (no tokenisation here)."""
+
+    def __init__(
+        self, examples: Sequence[Example], cache: StickerCache, train: bool, simclr: bool
+    ) -> None:
+        self.examples = examples
+        self.cache = cache
+        size = cache.image_size
+        self.transform = train_transform(size) if train else eval_transform()
+        self.simclr = simclr_transform(size) if (train and simclr) else None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        raw = torch.from_numpy(gather(self.cache, example.rows)).permute(0, 3, 1, 2)
+        item = {
+            "images": torch.stack([self.transform(img) for img in raw]),  # [C, 3, S, S]
+            "utterances": example.utterances,
+            "text_polarity": torch.tensor(example.polarity, dtype=torch.float32),
+            "index": index,
+        }
+        if self.simclr is not None:
+            item["views"] = torch.stack([
+                torch.stack([self.simclr(img) for img in raw]) for _ in range(2)
+            ])  # [2, C, 3, S, S]
+        return item
+
+
+def make_collate(
+    tokenize: Callable[[Sequence[Sequence[str]]], tuple[torch.Tensor, torch.Tensor]],
+) -> Callable[[list[dict]], dict]:
+    """Collate function that stacks tensors and tokenises the contexts of the batch."""
+
+    def collate(items: list[dict]) -> dict:
+        input_ids, attention_mask = tokenize([item["utterances"] for item in items])
+        batch = {
+            "images": torch.stack([item["images"] for item in items]),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "text_polarity": torch.stack([item["text_polarity"] for item in items]),
+            "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
+        }
+        if "views" in items[0]:
+            batch["views"] = torch.stack([item["views"] for item in items], dim=1)
+        return batch
+
+    return collate
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """Per-epoch shuffled shard of the data set for one rank that can start mid-epoch.
+
+    Every rank sees ``per_rank`` indices per epoch (the permutation is padded by wrapping so
+    that all ranks take the same number of steps). ``set_epoch(epoch, skip)`` skips the first
+    ``skip`` indices of this rank's shard, which is how a resumed run avoids repeating data.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int, seed: int, shuffle: bool) -> None:
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.per_rank * self.world_size
+        order = (order * math.ceil(total / max(1, len(order))))[:total]
+        shard = order[self.rank:total:self.world_size]
+        return iter(shard[self.skip:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+
+def unique_rows(examples: Sequence[Example]) -> np.ndarray:
+    """Every sticker-cache row that some dialog uses as a candidate (sorted)."""
+    return np.unique(np.fromiter((r for ex in examples for r in ex.rows), dtype=np.int64))

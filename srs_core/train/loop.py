@@ -1,0 +1,288 @@
+"""The SRS training loop: `srs train` under torchrun (any number of processes) or alone.
+
+Restarting the same command resumes from the latest checkpoint under ``train.output`` (this
+is what a restarted PyTorchJob pod does): model, optimizer, scheduler, step, epoch, the
+position inside the epoch and the RNG states are restored, so no data position repeats.
+
+Outputs under ``train.output``::
+
+    checkpoints/latest.pt   resume state (written every ``train.checkpoint_every`` steps
+                            and at every epoch end, atomically)
+    best.pt                 the best model by validation MAP (self-contained, see session)
+    history.jsonl           one line per logged step and per validation
+    train_summary.json      what the run did
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from srs_core import store
+from srs_core.config import Config
+from srs_core.data.report import Report
+from srs_core.errors import ConfigError
+from srs_core.evaluate import score_examples, summarize
+from srs_core.train.checkpoint import CheckpointManager
+from srs_core.train.data import ResumableSampler, SrsDataset, load_examples, make_collate
+from srs_core.train.distributed import autocast_context, init_distributed
+from srs_core.train.schedule import cosine_with_warmup
+from srs_core.train.session import (
+    Tokenizer,
+    build_model,
+    cache_uri,
+    prepare_sticker_cache,
+    resolve_vocab,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _barrier() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+def _load_emotion(cfg: Config, device: torch.device):
+    """Frozen teacher and anchors ``[7K, 2048]``, or ``(None, None)`` when unused."""
+    if not cfg.loss.emotion:
+        return None, None
+    if not cfg.emotion.teacher or not cfg.emotion.anchors:
+        raise ConfigError(
+            "loss.emotion is on but emotion.teacher / emotion.anchors are not set; give both "
+            "URIs (from `srs emotion train` and `srs emotion anchors`) or set loss.emotion=false"
+        )
+    from srs_core.emotion.teacher import load_teacher
+
+    anchors = np.load(store.fetch(cfg.emotion.anchors), allow_pickle=False)
+    if anchors.ndim != 2 or anchors.shape[0] % 7:
+        raise ConfigError(f"{cfg.emotion.anchors}: anchors must be [7*K, D], got {anchors.shape}")
+    teacher = load_teacher(cfg.emotion.teacher, device)
+    return teacher, torch.from_numpy(np.nan_to_num(anchors)).float().to(device)
+
+
+def _initialise(model, cfg: Config) -> None:
+    from srs_core.model.loaders import load_albef_vision, load_bert_text
+    from srs_core.train.session import load_checkpoint
+
+    if cfg.model.vision_init:
+        report = load_albef_vision(model, load_checkpoint(cfg.model.vision_init))
+        log.info("vision init from %s: %s", cfg.model.vision_init, report)
+    if cfg.model.text_init:
+        weights = _read_bert_weights(cfg.model.text_init)
+        report = load_bert_text(model, weights)
+        log.info("text init from %s: %s", cfg.model.text_init, report)
+
+
+def _read_bert_weights(root: str) -> dict:
+    """State dict of a Hugging Face BERT directory (safetensors or pytorch_model.bin)."""
+    safetensors_uri = store.join(root, "model.safetensors")
+    if store.exists(safetensors_uri):
+        from safetensors.torch import load_file
+
+        return load_file(str(store.fetch(safetensors_uri)))
+    from srs_core.train.session import load_checkpoint
+
+    return load_checkpoint(store.join(root, "pytorch_model.bin"))
+
+
+class History:
+    """Appends JSON lines to ``history.jsonl`` (master only), keeping what was already there."""
+
+    def __init__(self, uri: str, enabled: bool) -> None:
+        self.uri, self.enabled = uri, enabled
+        self.lines: list[str] = []
+        if enabled and store.exists(uri):
+            self.lines = store.read_text(uri).splitlines()
+
+    def add(self, record: dict) -> None:
+        if self.enabled:
+            self.lines.append(json.dumps(record))
+
+    def flush(self) -> None:
+        if self.enabled:
+            store.write_text(self.uri, "\n".join(self.lines) + "\n")
+
+
+def _validate(model, val_examples, cache, tokenize, device, cfg: Config) -> dict[str, float]:
+    scores = score_examples(model, val_examples, cache, tokenize, device,
+                            batch_size=cfg.eval.batch_size, progress=False)
+    return summarize(scores)
+
+
+def train(cfg: Config) -> dict:
+    """Train (or resume) the selector; returns the run summary."""
+    dist = init_distributed()
+    device = dist.device
+    torch.manual_seed(cfg.train.seed + dist.rank)
+    output = cfg.train.output
+    report = Report(strict=cfg.data.strict)
+
+    if dist.is_master:
+        prepare_sticker_cache(cfg, report)
+    _barrier()
+    from srs_core.data.sticker_cache import load_sticker_cache
+
+    cache = load_sticker_cache(cache_uri(cfg))
+    polarity = None
+    if cfg.data.sentiment:
+        from srs_core.sentiment import read_polarity
+
+        polarity = read_polarity(store.join(cfg.data.sentiment, "train.jsonl"))
+    train_examples = load_examples(cfg.data.stickerchat, "train", cache, polarity,
+                                   cfg.data.max_dialogs, report, cfg.data.strict)
+    val_examples = load_examples(cfg.data.stickerchat, "val", cache, None,
+                                 cfg.data.max_dialogs, report, cfg.data.strict)
+    if report.counts:
+        log.warning("data problems (counted, skipped): %s", dict(report.counts))
+
+    vocab_uri = store.join(output, "vocab.txt")
+    if dist.is_master and not store.exists(vocab_uri):
+        store.write_text(vocab_uri, resolve_vocab(cfg, train_examples))
+    _barrier()
+    tokenize = Tokenizer(store.read_text(vocab_uri), cfg.data.max_text_tokens)
+
+    teacher, anchors = _load_emotion(cfg, device)
+    num_anchor_logits = anchors.shape[0] if anchors is not None else 7 * cfg.emotion.k
+    model = build_model(cfg.model, num_anchor_logits, tokenize.vocab_size)
+    _initialise(model, cfg)
+    model.to(device)
+    if dist.world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    else:
+        ddp = model
+
+    from srs_core.model import param_groups
+    from srs_core.model.losses import compute_losses
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    sampler = ResumableSampler(len(train_examples), dist.rank, dist.world_size,
+                               cfg.train.seed, shuffle=True)
+    steps_per_epoch = max(1, sampler.per_rank // cfg.train.batch_size)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    scheduler = cosine_with_warmup(
+        optimizer, int(cfg.train.warmup_epochs * steps_per_epoch), total_steps,
+        cfg.train.min_lr / cfg.train.lr,
+    )
+
+    checkpoints = CheckpointManager(store.join(output, "checkpoints"))
+    state = checkpoints.latest()
+    step, epoch, position, best_map = 0, 0, 0, -math.inf
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        best_map = state["best_map"]
+        torch.set_rng_state(state["rng_cpu"][dist.rank % len(state["rng_cpu"])])
+        log.info("resumed from step %d (epoch %d, batch %d)", step, epoch, position)
+
+    history = History(store.join(output, "history.jsonl"), dist.is_master)
+    dataset = SrsDataset(train_examples, cache, train=True,
+                         simclr=cfg.loss.simclr_intra or cfg.loss.simclr_inter)
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + dist.rank)
+
+    def save(name: str) -> None:
+        if not dist.is_master:
+            return
+        rng = [torch.get_rng_state()]
+        checkpoints.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+            "position": position, "best_map": best_map, "rng_cpu": rng,
+        }, name)
+        history.flush()
+
+    def save_best(metrics: dict) -> None:
+        if not dist.is_master:
+            return
+        payload = {
+            "model": model.state_dict(), "model_config": asdict(cfg.model),
+            "vocab": tokenize.vocab_text, "num_anchor_logits": num_anchor_logits,
+            "step": step, "val": metrics, "sticker_cache": cache_uri(cfg),
+        }
+        with store.open_write(store.join(output, "best.pt")) as handle:
+            torch.save(payload, handle)
+
+    started, seen = time.time(), 0
+    done = bool(cfg.train.max_steps) and step >= cfg.train.max_steps
+    while epoch < cfg.train.epochs and not done:
+        sampler.set_epoch(epoch, skip=position * cfg.train.batch_size)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
+            num_workers=cfg.train.num_workers, collate_fn=make_collate(tokenize),
+            persistent_workers=False,
+        )
+        ddp.train()
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast_context(device, cfg.train.precision):
+                teacher_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        flat = batch["images"].flatten(0, 1)
+                        teacher_logits = (teacher(flat).float() @ anchors.T).view(
+                            *batch["images"].shape[:2], -1)  # [B, C, 7K]
+                losses = compute_losses(ddp, batch, teacher_logits, cfg.loss, generator)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step, position = step + 1, position + 1
+            seen += cfg.train.batch_size * dist.world_size
+            if step % cfg.train.log_every == 0 or step == 1:
+                elapsed = time.time() - started
+                rate = seen / max(elapsed, 1e-9)
+                remaining = (total_steps - step) * cfg.train.batch_size * dist.world_size
+                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                          "dialogs_per_s": round(rate, 2), "eta_s": round(remaining / rate, 1),
+                          **{k: round(float(v), 5) for k, v in losses.items()}}
+                history.add(record)
+                if dist.is_master:
+                    log.info("step %d/%d epoch %d loss %.4f %.1f dialogs/s eta %.0fs", step,
+                             total_steps, epoch, record["loss"], rate, record["eta_s"])
+            if step % cfg.train.checkpoint_every == 0:
+                save("latest.pt")
+            if cfg.train.max_steps and step >= cfg.train.max_steps:
+                done = True
+                break
+        if not done:
+            epoch, position = epoch + 1, 0
+        if dist.is_master:
+            metrics = _validate(model, val_examples, cache, tokenize, device, cfg)
+            history.add({"step": step, "epoch": epoch, "val": metrics})
+            log.info("validation at step %d: MAP %.4f R10@1 %.4f", step, metrics["MAP"],
+                     metrics["R10@1"])
+            if metrics["MAP"] > best_map:
+                best_map = metrics["MAP"]
+                save_best(metrics)
+        save("latest.pt")
+        _barrier()
+
+    summary = {
+        "steps": step, "epochs": epoch, "best_val_MAP": best_map,
+        "train_dialogs": len(train_examples), "val_dialogs": len(val_examples),
+        "world_size": dist.world_size, "rank": dist.rank,
+        "seconds": round(time.time() - started, 2),
+        "dialogs_per_s": round(seen / max(time.time() - started, 1e-9), 2),
+        "skipped": report.as_dict(), "best": store.join(output, "best.pt"),
+    }
+    if dist.is_master:
+        store.write_text(store.join(output, "train_summary.json"), json.dumps(summary, indent=2))
+    _barrier()
+    return summary

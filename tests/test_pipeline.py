@@ -1,0 +1,361 @@
+"""The compiled pipeline (real `kfp.compiler`), `srs pipeline compile|params|submit`, and the
+end-to-end `srs pipeline run --local` on demo data (slow)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+from components._image import BASE_IMAGE, GPU_IMAGE
+from pipelines.platform import GPU_NODE_LABEL, GPU_RESOURCE, STORE_SECRET, STORE_SECRET_KEYS
+from srs_core.cli import main
+from srs_core.errors import ConfigError, JobError
+
+# Values that must never reach a compiled pipeline or a submission, whatever the environment.
+FAKE_SECRETS = {
+    "SRS_S3_ENDPOINT": "minio.fake-cluster.example:9443",
+    "SRS_S3_ACCESS_KEY": "AKIAFAKEACCESS7Q2Z",
+    "SRS_S3_SECRET_KEY": "fake-secret-5d1c9e0b77aa",
+    "SRS_S3_SECURE": "true",
+}
+FUNCTIONS = {"validate", "prepare_sentiment", "train_emotion_teacher", "cluster_anchors",
+             "train_srs", "evaluate"}
+
+
+@pytest.fixture()
+def fake_credentials(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name, value in FAKE_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return FAKE_SECRETS
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, str]:
+    """(pipeline spec, platform spec, YAML text) of `srs pipeline compile`, compiled once with
+    fake credentials in the environment."""
+    path = tmp_path_factory.mktemp("compiled") / "srs-pipeline.yaml"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in FAKE_SECRETS.items():
+            patch.setenv(name, value)
+        assert main(["pipeline", "compile", "--out", str(path)]) == 0
+    text = path.read_text()
+    spec, platform = yaml.safe_load_all(text)
+    return spec, platform, text
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every container task of the pipeline, nested condition branches included."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()
+            if "executorLabel" in spec["components"][task["componentRef"]["name"]]}
+
+
+def _executor_label(spec: dict, task: dict) -> str:
+    return spec["components"][task["componentRef"]["name"]]["executorLabel"]
+
+
+def _function(spec: dict, label: str) -> str:
+    """The Python function an executor runs (KFP embeds its source)."""
+    container = spec["deploymentSpec"]["executors"][label]["container"]
+    return container["args"][container["args"].index("--function_to_execute") + 1]
+
+
+def test_compiled_pipeline_loads_back_with_the_six_components(compiled) -> None:
+    from kfp import components
+
+    spec, _, text = compiled
+    assert spec["pipelineInfo"]["name"] == "srs-perceive-before-respond"
+    executors = spec["deploymentSpec"]["executors"]
+    assert {_function(spec, label) for label in executors} == FUNCTIONS
+    # train_srs runs twice, one per training backend (a PyTorchJob or torchrun in the step)
+    assert len(executors) == 7
+    loaded = components.load_component_from_text(text)
+    assert loaded.name == "srs-perceive-before-respond"
+    assert {"stickerchat_uri", "ser30k_uri", "output_root", "anchors_k", "epochs", "batch_size",
+            "train_nodes", "gpus_per_node", "training_backend", "job_image",
+            "preset"} <= set(loaded.component_spec.inputs)
+
+
+def test_dag_follows_the_design_diagram(compiled) -> None:
+    spec, _, _ = compiled
+    tasks = _tasks(spec)
+    by_function = {}
+    for name, task in tasks.items():
+        by_function.setdefault(_function(spec, _executor_label(spec, task)), []).append(name)
+
+    def upstream(function: str) -> set[str]:
+        found = set()
+        for name in by_function[function]:
+            found |= set(tasks[name].get("dependentTasks", []))
+        return found
+
+    assert upstream("validate") == set()
+    assert upstream("prepare_sentiment") == {"validate"}
+    assert upstream("train_emotion_teacher") == {"validate"}
+    assert upstream("cluster_anchors") == {"train-emotion-teacher", "validate"}
+    # the training branches run inside the backend condition; their inputs come from the DAG
+    root = spec["root"]["dag"]["tasks"]
+    branches = root["condition-branches-1"]
+    assert set(branches["dependentTasks"]) == {
+        "cluster-anchors", "prepare-sentiment", "train-emotion-teacher", "validate"}
+    assert set(root["evaluate"]["dependentTasks"]) == {"condition-branches-1", "validate"}
+
+
+def _gpu_settings(spec: dict, platform: dict, label: str) -> tuple[dict, dict]:
+    resources = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
+    settings = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][label]
+    return resources, settings
+
+
+def test_gpu_settings_on_teacher_anchors_in_step_training_and_evaluation(compiled) -> None:
+    spec, platform, _ = compiled
+    labels = {task["componentRef"]["name"]: _executor_label(spec, task)
+              for task in _tasks(spec).values()}
+    gpu_labels = {labels[c] for c in ("comp-train-emotion-teacher", "comp-cluster-anchors",
+                                      "comp-evaluate")}
+    in_step = [lab for lab in labels.values() if _function(spec, lab) == "train_srs"
+               and "accelerator" in spec["deploymentSpec"]["executors"][lab]["container"][
+                   "resources"]]
+    assert len(in_step) == 1
+    for label in gpu_labels | set(in_step):
+        resources, settings = _gpu_settings(spec, platform, label)
+        assert resources["accelerator"]["resourceType"] == GPU_RESOURCE
+        assert settings["nodeSelector"]["labels"] == {GPU_NODE_LABEL[0]: GPU_NODE_LABEL[1]}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+            settings["tolerations"]
+    assert _gpu_settings(spec, platform, labels["comp-cluster-anchors"])[0]["accelerator"][
+        "resourceCount"] == "1"
+    # in-step training takes as many GPUs as the run asks for
+    assert "gpus_per_node" in _gpu_settings(spec, platform, in_step[0])[0]["accelerator"][
+        "resourceCount"]
+    # the PyTorchJob launcher and the CPU steps hold no GPU and may land on any node
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        if label in gpu_labels or label in in_step:
+            continue
+        assert "accelerator" not in executor["container"]["resources"]
+        assert "nodeSelector" not in platform["platforms"]["kubernetes"]["deploymentSpec"][
+            "executors"][label]
+
+
+def test_every_task_has_requests_limits_image_and_the_store_secret(compiled) -> None:
+    spec, platform, _ = compiled
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        resources = container["resources"]
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest",
+                    "resourceMemoryLimit"):
+            assert resources.get(key), f"{label} lacks {key}"
+        gpu = "accelerator" in resources or _function(spec, label) == "train_srs"
+        assert container["image"] == (GPU_IMAGE if gpu else BASE_IMAGE)
+        # the image already holds srs_core and kfp: nothing is pip-installed at run time
+        assert "pip install" not in json.dumps(container["command"])
+        secret_env = kubernetes[label]["secretAsEnv"]
+        assert [s["secretName"] for s in secret_env] == [STORE_SECRET]
+        assert {m["secretKey"]: m["envVar"] for m in secret_env[0]["keyToEnv"]} == \
+            STORE_SECRET_KEYS
+
+
+def test_retries_and_caching(compiled) -> None:
+    spec, _, _ = compiled
+    settings = {}
+    for task in _tasks(spec).values():
+        label = _executor_label(spec, task)
+        key = _function(spec, label)
+        if key == "train_srs":
+            accelerator = "accelerator" in spec["deploymentSpec"]["executors"][label][
+                "container"]["resources"]
+            key += "_in_step" if accelerator else "_launcher"
+        settings[key] = ("retryPolicy" in task,
+                         task.get("cachingOptions", {}).get("enableCache", False))
+    assert settings == {
+        # (retried, cached)
+        "validate": (True, True),
+        "prepare_sentiment": (True, True),
+        "train_emotion_teacher": (False, True),  # deterministic, long: cached, not retried
+        "cluster_anchors": (True, True),
+        "train_srs_launcher": (True, False),  # a retry adopts the running PyTorchJob
+        "train_srs_in_step": (False, False),
+        "evaluate": (True, False),  # its checkpoint URI is rewritten by every training run
+    }
+
+
+def test_no_credential_value_in_the_compiled_yaml(compiled) -> None:
+    _, _, text = compiled
+    for name, value in FAKE_SECRETS.items():
+        if name != "SRS_S3_SECURE":  # "true" appears legitimately
+            assert value not in text, f"{name} leaked into the compiled pipeline"
+    assert "SRS_S3_SECRET_KEY" in text  # only the env var *name*, mapped from the Secret
+
+
+def test_params_are_typed_and_checked() -> None:
+    from pipelines.runner import parse_params
+
+    assert parse_params(["epochs=2", "strict_validation=true", "overrides=a.b=1 c.d=2"]) == {
+        "epochs": 2, "strict_validation": True, "overrides": "a.b=1 c.d=2"}
+    with pytest.raises(ConfigError, match="unknown parameter 'epoch'"):
+        parse_params(["epoch=2"])
+    with pytest.raises(ConfigError, match="epochs expects int"):
+        parse_params(["epochs=two"])
+    with pytest.raises(ConfigError, match="training_backend must be one of"):
+        parse_params(["training_backend=slurm"])
+    with pytest.raises(ConfigError, match="expected name=value"):
+        parse_params(["epochs"])
+
+
+# --- `srs pipeline submit` against a stub KFP API server -------------------------------------
+
+
+class KfpStub(ThreadingHTTPServer):
+    """A STUB of the Kubeflow Pipelines v2beta1 REST API on loopback: it answers the calls that
+    `kfp.Client.create_run_from_pipeline_package` makes (healthz, experiments, runs) with
+    canned replies and records every request. It checks nothing a real server would."""
+
+    def __init__(self, fail_runs: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), _StubHandler)
+        self.requests: list[dict[str, Any]] = []
+        self.experiments: list[dict[str, str]] = []
+        self.fail_runs = fail_runs
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _StubHandler(BaseHTTPRequestHandler):
+    server: KfpStub
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def _reply(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _record(self) -> dict[str, Any]:
+        url = urlparse(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        request = {"method": self.command, "path": url.path, "query": parse_qs(url.query),
+                   "headers": {k.lower(): v for k, v in self.headers.items()}, "body": json.loads(raw) if raw else None}
+        self.server.requests.append(request)
+        return request
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        request = self._record()
+        if request["path"] == "/apis/v2beta1/healthz":
+            self._reply(200, {"multi_user": False})
+        elif request["path"] == "/apis/v2beta1/experiments":
+            self._reply(200, {"experiments": self.server.experiments,
+                              "total_size": len(self.server.experiments)})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        request = self._record()
+        if request["path"] == "/apis/v2beta1/experiments":
+            experiment = {"experiment_id": f"exp-{len(self.server.experiments) + 1}",
+                          "display_name": request["body"]["display_name"]}
+            self.server.experiments.append(experiment)
+            self._reply(200, experiment)
+        elif request["path"] == "/apis/v2beta1/runs" and self.server.fail_runs:
+            self._reply(500, {"error": "internal error", "code": 13})
+        elif request["path"] == "/apis/v2beta1/runs":
+            body = request["body"]
+            self._reply(200, {"run_id": "run-0001", "experiment_id": body["experiment_id"],
+                              "display_name": body["display_name"], "state": "PENDING"})
+        else:
+            self._reply(404, {"error": "not found"})
+
+
+@pytest.fixture()
+def kfp_stub() -> Iterator[KfpStub]:
+    server = KfpStub()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_submit_creates_experiment_and_run_with_the_compiled_spec(
+    kfp_stub: KfpStub, fake_credentials: dict, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    token = "kfp-token-6b7f0d2e"
+    monkeypatch.setenv("SRS_KFP_TOKEN", token)
+    code = main(["pipeline", "submit", "--host", kfp_stub.url, "--experiment", "pbr",
+                 "--run-name", "nightly", "--service-account", "srs-pipeline-runner",
+                 "--param", "epochs=2", "--param", "training_backend=pytorchjob",
+                 "--param", "output_root=s3://runs/nightly"])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"run_id": "run-0001", "experiment_id": "exp-1",
+                               "url": f"{kfp_stub.url}/#/runs/details/run-0001"}
+    assert token not in out + err
+
+    calls = [(r["method"], r["path"]) for r in kfp_stub.requests]
+    assert calls == [("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/experiments"),
+                     ("POST", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/runs")]
+    assert all(r["headers"].get("authorization") == f"Bearer {token}"
+               for r in kfp_stub.requests)
+    assert '"pbr"' in kfp_stub.requests[1]["query"]["filter"][0]
+    run = kfp_stub.requests[-1]["body"]
+    assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
+    assert run["service_account"] == "srs-pipeline-runner"
+    assert run["runtime_config"]["parameters"] == {
+        "epochs": 2, "training_backend": "pytorchjob", "output_root": "s3://runs/nightly"}
+    spec = run["pipeline_spec"]
+    assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "srs-perceive-before-respond"
+    executors = spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(e["secretAsEnv"][0]["secretName"] == STORE_SECRET for e in executors.values())
+    sent = json.dumps(kfp_stub.requests)
+    assert not any(value in sent for name, value in fake_credentials.items()
+                   if name != "SRS_S3_SECURE")
+
+
+def test_submit_reuses_the_experiment_and_a_compiled_package(
+    kfp_stub: KfpStub, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    package = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "--out", str(package)]) == 0
+    kfp_stub.experiments.append({"experiment_id": "exp-7", "display_name": "srs"})
+    assert main(["pipeline", "submit", "--host", kfp_stub.url, "--package", str(package),
+                 "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["experiment_id"] == "exp-7"
+    posts = [r for r in kfp_stub.requests if r["method"] == "POST"]
+    assert [r["path"] for r in posts] == ["/apis/v2beta1/runs"]  # no second experiment
+    run = posts[0]["body"]
+    assert run["experiment_id"] == "exp-7"
+    assert "authorization" not in posts[0]["headers"]  # no token in the environment
+    # --no-cache turns caching off for every task of this run
+    tasks = _tasks(run["pipeline_spec"]["pipeline_spec"])
+    assert tasks and not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+
+
+def test_submit_failure_is_a_job_error(fake_credentials: dict) -> None:
+    from pipelines.runner import submit
+
+    server = KfpStub(fail_runs=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(JobError, match=f"submitting to {server.url} failed") as info:
+            submit(server.url, {"epochs": 1})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not any(v in str(info.value) for v in fake_credentials.values() if v != "true")
