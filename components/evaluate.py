@@ -18,7 +18,8 @@ def evaluate(
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> str:
-    """Score ``split`` (test by default; model selection used val) and log all 7 metrics.
+    """Score ``split`` (test by default; model selection used val) and log all 7 metrics;
+    the report adds the loss curves from ``train_output``.
 
     Returns the URI holding ``metrics.json`` and ``scores.jsonl``.
     """
@@ -30,9 +31,9 @@ def evaluate(
     from srs_core.evaluate import evaluate as score_split
     from srs_core.report import evaluation_report
 
-    # train.output: the sticker cache built during training lives there and is reused.
-    settings = [f"data.stickerchat={stickerchat}", f"train.output={train_output}"]
-    cfg = load_config([], [*shlex.split(overrides), *settings], preset=preset)
+    # The model config comes from the checkpoint; the data, limits and batch size from here.
+    cfg = load_config([], [*shlex.split(overrides), f"data.stickerchat={stickerchat}"],
+                      preset=preset)
     out = store.join(output_root, "evaluate", split)
     results = score_split(cfg, checkpoint, split, out)
     for name in ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1"):

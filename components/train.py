@@ -23,21 +23,24 @@ def train_srs(
     nodes: int,
     gpus_per_node: int,
     job_image: str,
+    job_cleanup: str,
+    timeout_hours: float,
     store_secret: str,
     run_id: str,
     report: Output[HTML],
 ) -> NamedTuple("Trained", output=str, checkpoint=str):
-    """Run ``srs train`` (backend ``pytorchjob``: a Kubeflow PyTorchJob of ``nodes`` pods;
-    ``local``: torchrun in this step) and write the training report.
+    """Run ``srs train`` (``pytorchjob``: a PyTorchJob of ``nodes`` pods, created or adopted,
+    its master's log streamed here; ``local``: torchrun in this step) and write the report.
 
     Returns the training output URI and its best (validation-selected) checkpoint.
     """
+    import os
     import shlex
     from collections import namedtuple
     from pathlib import Path
 
     from srs_core import store
-    from srs_core.launch import launch_training
+    from srs_core.launch import JobSpec, job_name, run_local, run_pytorchjob
     from srs_core.report import training_report
 
     out = store.join(output_root, "srs")
@@ -46,9 +49,18 @@ def train_srs(
         "emotion.teacher": teacher, "emotion.anchors": anchors, "train.output": out,
         "train.epochs": epochs, "train.batch_size": batch_size,
     }
-    train_args = ["--preset", preset, *shlex.split(overrides),
+    train_args = ["train", "--preset", preset, *shlex.split(overrides),
                   *(f"{key}={value}" for key, value in settings.items())]
-    launch_training(train_args, backend=backend, nodes=nodes, gpus_per_node=gpus_per_node,
-                    image=job_image, store_secret=store_secret, run_id=run_id)
+    timeout = timeout_hours * 3600 or None
+    if backend == "local":
+        run_local(train_args, nproc=gpus_per_node, timeout=timeout)
+    else:
+        # Cluster defaults (namespace, node selector, tolerations, ...) arrive as SRS_JOB_* env.
+        spec = JobSpec.from_env(
+            os.environ, name=job_name("srs-train", run_id), image=job_image,
+            train_args=train_args, workers=nodes, gpus_per_worker=gpus_per_node,
+            secret_name=store_secret, run_id=run_id, checkpoint_uri=out,
+        )
+        run_pytorchjob(spec, timeout=timeout, cleanup=job_cleanup)
     Path(report.path).write_text(training_report(out), encoding="utf-8")
     return namedtuple("Trained", "output checkpoint")(out, store.join(out, "best.pt"))

@@ -28,10 +28,17 @@ from components import (
     validate,
 )
 from components._image import GPU_IMAGE
-from pipelines.platform import STORE_SECRET, on_gpu, with_resources, with_store_secret
+from pipelines.platform import (
+    STORE_SECRET,
+    on_gpu,
+    with_job_defaults,
+    with_resources,
+    with_store_secret,
+)
 
 PIPELINE_NAME = "srs-perceive-before-respond"
 BACKENDS = ("pytorchjob", "local")
+JOB_CLEANUP = ("on-success", "always", "never")
 # CPU request (the limit is twice that) and memory (request = limit) per step, sized for the
 # real data set; kfp.local ignores them.
 RESOURCES = {
@@ -69,6 +76,8 @@ def srs_pipeline(
     gpus_per_node: int = 1,
     training_backend: str = "pytorchjob",
     job_image: str = GPU_IMAGE,
+    job_cleanup: str = "on-success",
+    train_timeout_hours: float = 72.0,
     sentiment_workers: int = 4,
     strict_validation: bool = False,
     eval_split: str = "test",
@@ -79,7 +88,8 @@ def srs_pipeline(
     step. ``training_backend``: ``pytorchjob`` (``train_nodes`` pods of ``gpus_per_node`` GPUs)
     or ``local`` (torchrun with ``gpus_per_node`` processes inside the step). Images are
     constants of the components (KFP fixes them at compile time); ``job_image`` is the
-    PyTorchJob's image, the one image a run may choose.
+    PyTorchJob's image, the one image a run may choose; ``job_cleanup``: when to delete the
+    job (``on-success`` keeps failed ones for inspection, ``always``, ``never``).
     """
     config = {"output_root": output_root, "preset": preset, "overrides": overrides}
 
@@ -101,14 +111,15 @@ def srs_pipeline(
     training = dict(
         stickerchat=stickerchat, sentiment=sentiment.output, teacher=teacher.outputs["teacher"],
         anchors=anchors.output, epochs=epochs, batch_size=batch_size, nodes=train_nodes,
-        gpus_per_node=gpus_per_node, job_image=job_image, store_secret=STORE_SECRET,
+        gpus_per_node=gpus_per_node, job_image=job_image, job_cleanup=job_cleanup,
+        timeout_hours=train_timeout_hours, store_secret=STORE_SECRET,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **config,
     )
     with dsl.If(training_backend == "pytorchjob", name="on-pytorchjob"):
         # The step only creates and watches the job: the GPUs are requested by the job's pods.
         # A retried step adopts the job it created (same run id) instead of starting another.
         on_job = train_srs(backend="pytorchjob", **training).set_display_name("train-srs-job")
-        with_resources(_retry(on_job), *RESOURCES["train_launcher"])
+        with_job_defaults(with_resources(_retry(on_job), *RESOURCES["train_launcher"]))
     with dsl.Else(name="in-step"):
         in_step = train_srs(backend="local", **training).set_display_name("train-srs")
         on_gpu(with_resources(in_step, *RESOURCES["train_in_step"]), gpus_per_node)

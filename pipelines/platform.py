@@ -1,7 +1,7 @@
 """Kubernetes settings of the pipeline's tasks: object-store Secret, resources, GPU nodes.
 
 Everything cluster-specific is a constant here so that the pipeline function reads like the
-DAG; the names match the manifests in `manifests/` (Secret, GPU node label and taint).
+DAG; the names match `manifests/` and the PyTorchJob launcher (`srs_core.launch.pytorchjob`).
 """
 
 from __future__ import annotations
@@ -10,16 +10,20 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-# The MinIO Secret in the run's namespace; its keys become the env vars `srs_core.store` reads.
-# Credentials never appear as pipeline parameters or literals: the compiled YAML holds only
-# the Secret's name and key names.
+# The MinIO Secret in the run's namespace. Its keys are the env var names `srs_core.store`
+# reads (the PyTorchJob's pods map the same keys). Credentials never appear as pipeline
+# parameters or literals: the compiled YAML holds only the Secret's name and key names.
 STORE_SECRET = "srs-minio"
-STORE_SECRET_KEYS = {
-    "endpoint": "SRS_S3_ENDPOINT",
-    "access-key": "SRS_S3_ACCESS_KEY",
-    "secret-key": "SRS_S3_SECRET_KEY",
-    "secure": "SRS_S3_SECURE",
-}
+STORE_SECRET_KEYS = ("SRS_S3_ENDPOINT", "SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY")
+STORE_SECRET_OPTIONAL_KEYS = ("SRS_S3_SECURE",)  # absent: TLS unless the endpoint says http://
+
+# Launcher defaults for the PyTorchJob (`JobSpec.from_env`), from the namespace's ConfigMap;
+# optional, so a namespace without it falls back to the launcher's built-in defaults.
+JOB_DEFAULTS_CONFIG_MAP = "srs-defaults"
+JOB_DEFAULT_KEYS = (
+    "SRS_JOB_NODE_SELECTOR", "SRS_JOB_TOLERATIONS", "SRS_JOB_SERVICE_ACCOUNT", "SRS_JOB_CPU",
+    "SRS_JOB_MEMORY", "SRS_JOB_SHM_SIZE", "SRS_JOB_NCCL_SOCKET_IFNAME", "SRS_JOB_BACKOFF_LIMIT",
+)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # Label set by NVIDIA's GPU feature discovery / GPU operator on GPU nodes.
@@ -30,14 +34,24 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 
 def with_store_secret(task: PipelineTask) -> PipelineTask:
     """Give the task the object-store endpoint and credentials from :data:`STORE_SECRET`."""
+    kubernetes.use_secret_as_env(task, secret_name=STORE_SECRET,
+                                 secret_key_to_env={k: k for k in STORE_SECRET_KEYS})
     return kubernetes.use_secret_as_env(
-        task, secret_name=STORE_SECRET, secret_key_to_env=STORE_SECRET_KEYS
-    )
+        task, secret_name=STORE_SECRET,
+        secret_key_to_env={k: k for k in STORE_SECRET_OPTIONAL_KEYS}, optional=True)
+
+
+def with_job_defaults(task: PipelineTask) -> PipelineTask:
+    """For the PyTorchJob launcher: its namespace (the run's own, where its RBAC applies) and
+    the cluster's job defaults from :data:`JOB_DEFAULTS_CONFIG_MAP`."""
+    kubernetes.use_field_path_as_env(task, "SRS_JOB_NAMESPACE", "metadata.namespace")
+    return kubernetes.use_config_map_as_env(
+        task, JOB_DEFAULTS_CONFIG_MAP, {k: k for k in JOB_DEFAULT_KEYS}, optional=True)
 
 
 def with_resources(task: PipelineTask, cpu: str, memory: str) -> PipelineTask:
-    """Request ``cpu``/``memory`` and allow twice as much CPU, the same memory (no OOM surprise
-    from overcommit: memory requests equal limits)."""
+    """Request ``cpu``/``memory``; allow twice the CPU and the same memory (memory requests
+    equal limits: no OOM kill from overcommit)."""
     limit_cpu = str(float(cpu) * 2).removesuffix(".0")
     return (
         task.set_cpu_request(cpu).set_cpu_limit(limit_cpu)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -52,11 +53,11 @@ def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
                 params[name] = kind(text)
         except ValueError:
             raise ConfigError(f"--param {pair!r}: {name} expects {kind.__name__}") from None
-    if "training_backend" in params:
-        from pipelines.pipeline import BACKENDS
+    from pipelines.pipeline import BACKENDS, JOB_CLEANUP
 
-        if params["training_backend"] not in BACKENDS:
-            raise ConfigError(f"--param training_backend must be one of {', '.join(BACKENDS)}")
+    for name, choices in (("training_backend", BACKENDS), ("job_cleanup", JOB_CLEANUP)):
+        if name in params and params[name] not in choices:
+            raise ConfigError(f"--param {name} must be one of {', '.join(choices)}")
     return params
 
 
@@ -121,6 +122,7 @@ def run_locally(
     step outputs go to ``<out>/<step>`` and KFP's artifacts to ``<out>/kfp``.
     """
     from kfp import local
+    from kfp.local import pipeline_orchestrator
 
     from pipelines.pipeline import srs_pipeline
 
@@ -138,15 +140,38 @@ def run_locally(
     before = set(kfp_root.iterdir())
     # use_venv=False: the steps run in this environment, where srs_core is installed.
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root),
-               raise_on_error=False)
-    task = srs_pipeline(**arguments)
+               raise_on_error=True)
+    # kfp.local prints the steps' logs to stdout; stdout is for the metrics.
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            outputs = pipeline_orchestrator.run_local_pipeline(
+                pipeline_spec=_without_retries(srs_pipeline.pipeline_spec), arguments=arguments)
+    except RuntimeError as exc:  # kfp.local names the failed task; its log is above
+        raise JobError(f"local pipeline run failed: {_plain(str(exc))} (step outputs: "
+                       f"{kfp_root})") from None
     runs = sorted(set(kfp_root.iterdir()) - before)
     run_dir = runs[-1] if runs else None
-    metrics = dict(task.output.metadata) if task.outputs else {}
-    if not metrics:
-        raise JobError(f"the local pipeline run failed; see the step logs above"
-                       f"{f' and {run_dir}' if run_dir else ''}")
+    metrics = dict(outputs["Output"].metadata)
     return {"metrics": metrics, "run_dir": str(run_dir), "artifacts": _artifacts(run_dir)}
+
+
+def _without_retries(spec: Any) -> Any:
+    """A copy of the pipeline spec without retry policies: on one machine a retry repeats the
+    same failure after minutes of backoff (the store itself retries network errors)."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    copy = pipeline_spec_pb2.PipelineSpec()
+    copy.CopyFrom(spec)
+    dags = [copy.root.dag] + [c.dag for c in copy.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    return copy
+
+
+def _plain(text: str) -> str:
+    """Without the terminal colour codes kfp.local puts in its messages."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _artifacts(run_dir: Path | None) -> dict[str, dict[str, Any]]:

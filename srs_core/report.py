@@ -21,6 +21,7 @@ import html
 import io
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -173,8 +174,13 @@ def _thumbnail(image: np.ndarray) -> str:
 
 
 def ranking(scores: list[float]) -> list[int]:
-    """Candidate indices by descending score; ties rank the positive (index 0) last."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i == 0, i))
+    """Candidate indices by descending score, under the metrics' rule (`srs_core.metrics`):
+    ties rank the positive (index 0) below the negatives, NaN counts as -inf."""
+    def key(i: int) -> tuple[float, bool, int]:
+        score = scores[i] if not math.isnan(scores[i]) else -math.inf
+        return (-score, i == 0, i)
+
+    return sorted(range(len(scores)), key=key)
 
 
 def example_dialogs(records: Iterable[dict], load: StickerLoader, top: int = 3) -> str:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from components._image import BASE_IMAGE, GPU_IMAGE
-from pipelines.platform import GPU_NODE_LABEL, GPU_RESOURCE, STORE_SECRET, STORE_SECRET_KEYS
+from pipelines.platform import GPU_NODE_LABEL, GPU_RESOURCE, STORE_SECRET
 from srs_core.cli import main
 from srs_core.errors import ConfigError, JobError
 
@@ -158,10 +158,36 @@ def test_every_task_has_requests_limits_image_and_the_store_secret(compiled) -> 
         assert container["image"] == (GPU_IMAGE if gpu else BASE_IMAGE)
         # the image already holds srs_core and kfp: nothing is pip-installed at run time
         assert "pip install" not in json.dumps(container["command"])
-        secret_env = kubernetes[label]["secretAsEnv"]
-        assert [s["secretName"] for s in secret_env] == [STORE_SECRET]
-        assert {m["secretKey"]: m["envVar"] for m in secret_env[0]["keyToEnv"]} == \
-            STORE_SECRET_KEYS
+        mapped = {(m["secretKey"], m["envVar"], s["secretName"], s.get("optional", False))
+                  for s in kubernetes[label]["secretAsEnv"] for m in s["keyToEnv"]}
+        assert mapped == {
+            ("SRS_S3_ENDPOINT", "SRS_S3_ENDPOINT", STORE_SECRET, False),
+            ("SRS_S3_ACCESS_KEY", "SRS_S3_ACCESS_KEY", STORE_SECRET, False),
+            ("SRS_S3_SECRET_KEY", "SRS_S3_SECRET_KEY", STORE_SECRET, False),
+            ("SRS_S3_SECURE", "SRS_S3_SECURE", STORE_SECRET, True),
+        }, label
+
+
+def test_pytorchjob_launcher_gets_its_namespace_and_the_cluster_job_defaults(compiled) -> None:
+    from srs_core.launch.pytorchjob import ENV_VARIABLES
+
+    spec, platform, _ = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    launchers = [label for label, executor in spec["deploymentSpec"]["executors"].items()
+                 if _function(spec, label) == "train_srs"
+                 and "accelerator" not in executor["container"]["resources"]]
+    assert len(launchers) == 1
+    settings = executors[launchers[0]]
+    # the job goes to the run's own namespace, where the runner's RBAC applies
+    assert settings["fieldPathAsEnv"] == [{"fieldPath": "metadata.namespace",
+                                           "name": "SRS_JOB_NAMESPACE"}]
+    (defaults,) = settings["configMapAsEnv"]
+    assert defaults["configMapName"] == "srs-defaults" and defaults["optional"] is True
+    keys = {m["configMapKey"] for m in defaults["keyToEnv"]}
+    assert keys <= set(ENV_VARIABLES)  # every key is one the launcher reads
+    assert {"SRS_JOB_NODE_SELECTOR", "SRS_JOB_TOLERATIONS", "SRS_JOB_SERVICE_ACCOUNT"} <= keys
+    assert not any("configMapAsEnv" in s for label, s in executors.items()
+                   if label != launchers[0])
 
 
 def test_retries_and_caching(compiled) -> None:
@@ -249,7 +275,8 @@ class _StubHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         request = {"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                   "headers": {k.lower(): v for k, v in self.headers.items()}, "body": json.loads(raw) if raw else None}
+                   "headers": {k.lower(): v for k, v in self.headers.items()},
+                   "body": json.loads(raw) if raw else None}
         self.server.requests.append(request)
         return request
 
@@ -359,3 +386,94 @@ def test_submit_failure_is_a_job_error(fake_credentials: dict) -> None:
         server.shutdown()
         server.server_close()
     assert not any(v in str(info.value) for v in fake_credentials.values() if v != "true")
+
+
+# --- `srs pipeline run --local` --------------------------------------------------------------
+
+
+def test_local_run_needs_both_data_roots(tmp_path: Path) -> None:
+    from pipelines.runner import run_locally
+
+    (tmp_path / "stickerchat").mkdir()
+    with pytest.raises(ConfigError, match="ser30k does not exist.*srs data synth"):
+        run_locally(tmp_path, tmp_path / "out")
+    with pytest.raises(ConfigError, match="training_backend=local"):
+        (tmp_path / "ser30k").mkdir()
+        run_locally(tmp_path, tmp_path / "out", {"training_backend": "pytorchjob"})
+
+
+def test_local_run_fails_at_validation_of_unusable_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    """Empty data roots: the first step fails the run, nothing else starts."""
+    for part in ("stickerchat", "ser30k"):
+        (tmp_path / "data" / part).mkdir(parents=True)
+    code = main(["pipeline", "run", "--local", "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "local pipeline run failed" in caplog.text and "validate" in caplog.text
+    assert capsys.readouterr().out == ""  # no metrics
+    assert not (tmp_path / "out" / "sentiment").exists()
+    # retries were dropped for the local run only (it failed at once, not after backoffs)
+    from pipelines.pipeline import srs_pipeline
+
+    assert srs_pipeline.pipeline_spec.root.dag.tasks["validate"].retry_policy.max_retry_count == 3
+
+
+# --- end to end: `srs pipeline run --local` on demo data --------------------------------------
+
+METRIC_NAMES = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
+
+
+def _executor_outputs(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text())
+            for p in run_dir.glob("*/executor_output.json")}
+
+
+def _artifact(outputs: dict, task: str, name: str) -> dict:
+    return outputs[task]["artifacts"][name]["artifacts"][0]
+
+
+@pytest.mark.slow
+def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """All six steps under kfp.local (subprocesses, torchrun on CPU) with the tiny preset."""
+    import numpy as np
+
+    from srs_core.config import EMOTIONS
+    from srs_core.data.synth import synthesize
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    synthesize(str(data), seed=1, dialogs=48, sets=6, images=56, image_size=32)
+    code = main(["pipeline", "run", "--local", "--data", str(data), "--out", str(out),
+                 "--param", "epochs=1", "--param", "anchors_k=2", "--param", "batch_size=8",
+                 "--param", "overrides=emotion.epochs=1 train.log_every=1"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)  # the step logs go to stderr
+    assert set(metrics) == set(METRIC_NAMES)
+    assert all(0.0 <= metrics[name] <= 1.0 for name in METRIC_NAMES)
+    assert metrics["R10@1"] <= metrics["R10@2"] <= metrics["R10@5"]
+
+    # step outputs, under the run root
+    assert len((out / "sentiment" / "train.jsonl").read_text(encoding="utf-8").splitlines()) == 48
+    assert (out / "teacher" / "teacher.pth").is_file()
+    assert np.load(out / "anchors" / "anchors-k2.npy").shape == (7 * 2, 2048)
+    assert (out / "srs" / "best.pt").is_file()
+    evaluated = json.loads((out / "evaluate" / "test" / "metrics.json").read_text())
+    assert {k: evaluated["metrics"][k] for k in METRIC_NAMES} == metrics
+
+    # the KFP artifacts the UI shows
+    (run_dir,) = [p for p in (out / "kfp").iterdir() if p.is_dir()]
+    outputs = _executor_outputs(run_dir)
+    assert _artifact(outputs, "evaluate", "metrics")["metadata"] == metrics
+    confusion = _artifact(outputs, "train-emotion-teacher", "confusion")["metadata"][
+        "confusionMatrix"]
+    assert [s["displayName"] for s in confusion["annotationSpecs"]] == list(EMOTIONS)
+    assert len(confusion["rows"]) == 7 and all(len(r["row"]) == 7 for r in confusion["rows"])
+    assert set(_artifact(outputs, "train-emotion-teacher", "scores")["metadata"]) == {
+        "val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1"}
+    validation = Path(_artifact(outputs, "validate", "report")["uri"]).read_text()
+    assert "result: OK" in validation
+    training = Path(_artifact(outputs, "train-srs-2", "report")["uri"]).read_text()
+    assert 'src="data:image/png;base64,' in training  # the loss curves
+    evaluation = Path(_artifact(outputs, "evaluate", "report")["uri"]).read_text()
+    assert evaluation.count('class="dialog"') == 3 and "R10@1" in evaluation

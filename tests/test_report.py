@@ -68,9 +68,15 @@ def test_read_jsonl_names_file_and_line_of_a_broken_record(tmp_path: Path) -> No
     assert [r["step"] for r in report.read_jsonl(str(path))] == [1, 2]
 
 
-def test_ranking_breaks_ties_against_the_positive() -> None:
-    assert report.ranking([0.5, 0.5, 0.1, 0.9]) == [3, 1, 0, 2]
-    assert report.ranking([2.0, 1.0, 1.0]) == [0, 1, 2]
+def test_ranking_breaks_ties_against_the_positive_like_the_metrics() -> None:
+    from srs_core.metrics import positive_ranks
+
+    cases = [[0.5, 0.5, 0.1, 0.9], [2.0, 1.0, 1.0], [float("nan"), 0.2, 0.1], [0.3, float("nan")]]
+    assert report.ranking(cases[0]) == [3, 1, 0, 2]
+    assert report.ranking(cases[1]) == [0, 1, 2]
+    assert report.ranking(cases[2]) == [1, 2, 0]
+    for scores in cases:
+        assert report.ranking(scores).index(0) + 1 == positive_ranks([scores])[0]
 
 
 def test_loss_curves_png_is_a_png_or_none() -> None:

@@ -17,7 +17,7 @@ import torch
 from srs_core import store
 from srs_core.config import Config, ModelConfig
 from srs_core.data.report import Report
-from srs_core.data.sticker_cache import StickerCache, build_sticker_cache, load_sticker_cache
+from srs_core.data.sticker_cache import StickerCache, build_sticker_cache
 from srs_core.data.stickerchat import SPLITS, iter_dialogs
 from srs_core.errors import ConfigError
 from srs_core.model.tokenizer import build_vocab, encode_contexts, load_tokenizer

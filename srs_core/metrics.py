@@ -1,0 +1,52 @@
+"""Ranking metrics of the sticker-selection protocol (DESIGN.md section 4).
+
+Tie rule: ties never favour the positive. Its rank is ``1 + the number of other candidates
+scoring >= it``, so a positive tied with a negative ranks below it. NaN scores count as
+``-inf`` (a NaN positive therefore ranks last). ``R2@1`` needs the positive *strictly* above
+the first negative (the lowest-index candidate other than the positive).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from srs_core.errors import DataError
+
+
+def positive_ranks(scores: ArrayLike, positive: int = 0) -> np.ndarray:
+    """1-based rank ``[N]`` of each row's positive under the tie rule above."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] < 2:
+        raise DataError(
+            f"rank_metrics: scores must be a non-empty [N, C] array with C >= 2, got shape "
+            f"{list(s.shape)}"
+        )
+    if not 0 <= positive < s.shape[1]:
+        raise DataError(f"rank_metrics: positive index {positive} outside 0..{s.shape[1] - 1}")
+    s = np.where(np.isnan(s), -np.inf, s)
+    others = np.delete(s, positive, axis=1)
+    return 1 + (others >= s[:, positive : positive + 1]).sum(axis=1)
+
+
+def rank_metrics(scores: ArrayLike, positive: int = 0) -> dict[str, float]:
+    """R10@1/2/5, R2@1, MAP, MRR and P@1 of ``scores [N, C]`` (higher = better).
+
+    With one relevant candidate per dialog, MAP and MRR are both the mean of ``1 / rank`` and
+    P@1 equals R10@1; all are kept for comparability with published tables. With C != 10
+    candidates, ``R10@k`` is recall at k among the C.
+    """
+    rank = positive_ranks(scores, positive)
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    first_negative = 1 if positive == 0 else 0
+    reciprocal = float(np.mean(1.0 / rank))
+    return {
+        "R10@1": float(np.mean(rank <= 1)),
+        "R10@2": float(np.mean(rank <= 2)),
+        "R10@5": float(np.mean(rank <= 5)),
+        "R2@1": float(np.mean(s[:, positive] > s[:, first_negative])),
+        "MAP": reciprocal,
+        "MRR": reciprocal,
+        "P@1": float(np.mean(rank == 1)),
+    }

@@ -1,0 +1,263 @@
+"""A loopback stand-in for the few Kubernetes API endpoints the PyTorchJob launcher calls.
+
+No cluster and no Training Operator exist on these machines. This threaded HTTP server answers
+with the shapes of the Kubernetes / Training Operator REST API (objects, lists, ``Status``
+errors, a chunked pod-log stream), records every request, and plays scripted job statuses: each
+GET of a job returns the next step of its script (the last step repeats).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+GONE = object()  # script step: the job disappears (404 from now on)
+NOW = "2025-01-01T00:00:00Z"
+_JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+_PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
+_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+_EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
+
+
+def conditions(state: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    """A job ``status`` as the Training Operator writes it on the way to ``state``."""
+    def cond(kind: str, status: str = "True", why: str = "", text: str = "") -> dict[str, Any]:
+        return {"type": kind, "status": status, "reason": why or f"PyTorchJob{kind}",
+                "message": text or f"PyTorchJob is {kind.lower()}.",
+                "lastUpdateTime": NOW, "lastTransitionTime": NOW}
+
+    chain = [cond("Created")]
+    if state == "Running":
+        chain.append(cond("Running"))
+    elif state in ("Restarting", "Succeeded", "Failed"):
+        chain += [cond("Running", "False"), cond(state, why=reason, text=message)]
+    return {"conditions": chain, "replicaStatuses": {"Master": {"active": 1}}}
+
+
+def pod(job: str, role: str = "master", index: int = 0, phase: str = "Running",
+        restarts: int = 0, exit_code: int | None = None, reason: str = "") -> dict[str, Any]:
+    """A pod of ``job`` with the operator's labels; ``exit_code`` makes it terminated."""
+    state: dict[str, Any] = {"running": {"startedAt": NOW}}
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "reason": reason or "Error",
+                                "startedAt": NOW, "finishedAt": NOW}}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{job}-{role}-{index}", "uid": str(uuid.uuid4()),
+                     "labels": {"training.kubeflow.org/job-name": job,
+                                "training.kubeflow.org/job-role": role,
+                                "training.kubeflow.org/replica-type": role,
+                                "training.kubeflow.org/replica-index": str(index)}},
+        "spec": {"containers": [{"name": "pytorch", "image": "srs:test"}]},
+        "status": {"phase": phase, "containerStatuses": [
+            {"name": "pytorch", "image": "srs:test", "imageID": "", "ready": phase == "Running",
+             "restartCount": restarts, "state": state}]},
+    }
+
+
+def event(name: str, kind: str, reason: str, message: str, type_: str = "Warning",
+          when: str = NOW) -> dict[str, Any]:
+    """A core/v1 Event about object ``kind``/``name``."""
+    return {"apiVersion": "v1", "kind": "Event", "type": type_, "reason": reason,
+            "message": message, "lastTimestamp": when, "firstTimestamp": when,
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:8]}"},
+            "involvedObject": {"kind": kind, "name": name}}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass
+class StubApiServer:
+    """Scripted fake API server on 127.0.0.1; ``url`` goes into ``Configuration(host=...)``."""
+
+    requests: list[Request] = field(default_factory=list)
+    jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    scripts: dict[str, list[Any]] = field(default_factory=dict)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    logs: dict[str, list[str]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    job_errors: list[int] = field(default_factory=list)  # statuses for the next job GETs
+    create_error: int | None = None
+    conflict_job: dict[str, Any] | None = None  # appears just before the POST, which gets 409
+    log_reads: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_GET(self) -> None:
+                stub._serve(self, "GET")
+
+            def do_POST(self) -> None:
+                stub._serve(self, "POST")
+
+            def do_DELETE(self) -> None:
+                stub._serve(self, "DELETE")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> StubApiServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- test helpers ------------------------------------------------------------------------
+    def add_job(self, manifest: dict[str, Any], status: dict[str, Any] | None = None) -> None:
+        meta = manifest["metadata"]
+        stored = json.loads(json.dumps(manifest))
+        stored["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=NOW)
+        stored["status"] = status or {}
+        self.jobs[(meta.get("namespace", "default"), meta["name"])] = stored
+
+    def script(self, name: str, *steps: Any) -> None:
+        """Statuses (dicts), ``GONE`` or callables ``(stub) -> status | GONE`` per job GET."""
+        self.scripts[name] = list(steps)
+
+    def calls(self, method: str, fragment: str = "") -> list[Request]:
+        with self.lock:
+            return [r for r in self.requests if r.method == method and fragment in r.path]
+
+    # -- serving -------------------------------------------------------------------------------
+    def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        parts = urlsplit(handler.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        with self.lock:
+            self.requests.append(Request(method, parts.path, query, body,
+                                         {k.lower(): v for k, v in handler.headers.items()}))
+        route = [(_JOBS, self._jobs), (_PODS, self._pods), (_LOG, self._log),
+                 (_EVENTS, self._events)]
+        for pattern, serve in route:
+            match = pattern.match(parts.path)
+            if match:
+                return serve(handler, method, query, body, *match.groups())
+        self._reply(handler, 404, _status(404, "NotFound", f"stub: no route {parts.path}"))
+
+    def _jobs(self, handler: Any, method: str, query: dict, body: Any, namespace: str,
+              name: str | None) -> None:
+        with self.lock:
+            if name is None and method == "POST":
+                if self.create_error:
+                    return self._reply(handler, self.create_error,
+                                       _status(self.create_error, "Forbidden", "stub: denied"))
+                name = body["metadata"]["name"]
+                if self.conflict_job is not None:
+                    self.add_job(self.conflict_job)
+                    self.conflict_job = None
+                if (namespace, name) in self.jobs:
+                    return self._reply(handler, 409, _status(
+                        409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists'))
+                self.add_job(body)
+                return self._reply(handler, 201, self.jobs[(namespace, name)])
+            if name is None:
+                return self._reply(handler, 405, _status(405, "MethodNotAllowed", "stub"))
+            if method == "GET" and self.job_errors:
+                code = self.job_errors.pop(0)
+                return self._reply(handler, code, _status(code, "InternalError", "stub: flaky"))
+            job = self.jobs.get((namespace, name))
+            if job is None:
+                return self._reply(handler, 404, _status(
+                    404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found'))
+            if method == "DELETE":
+                del self.jobs[(namespace, name)]
+                return self._reply(handler, 200, _status(200, "", "deleted", "Success"))
+            steps = self.scripts.get(name)
+            if steps:
+                step = steps.pop(0) if len(steps) > 1 else steps[0]
+                if callable(step):
+                    step = step(self)
+                if step is GONE:
+                    del self.jobs[(namespace, name)]
+                    return self._reply(handler, 404, _status(404, "NotFound", "gone"))
+                job["status"] = step
+            return self._reply(handler, 200, job)
+
+    def _pods(self, handler: Any, method: str, query: dict, body: Any, namespace: str) -> None:
+        wanted = dict(item.split("=", 1) for item in query.get("labelSelector", "").split(",")
+                      if item)
+        with self.lock:
+            items = [p for p in self.pods
+                     if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+        self._reply(handler, 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                                   "items": items})
+
+    def _log(self, handler: Any, method: str, query: dict, body: Any, namespace: str,
+             name: str) -> None:
+        with self.lock:
+            lines = list(self.logs.get(name, []))
+            self.log_reads[name] = self.log_reads.get(name, 0) + 1
+        # Like the API server's follow=true stream: chunked, ends when the container stops.
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/plain")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for line in lines:
+            data = (line + "\n").encode()
+            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        handler.wfile.write(b"0\r\n\r\n")
+
+    def _events(self, handler: Any, method: str, query: dict, body: Any, namespace: str) -> None:
+        # Field selectors the launcher uses: type=Warning and involvedObject.<field>=value.
+        selector = [item.split("=", 1) for item in query.get("fieldSelector", "").split(",")
+                    if item]
+        with self.lock:
+            items = [e for e in self.events if all(
+                e.get(key) == value if "." not in key
+                else e["involvedObject"].get(key.split(".", 1)[1]) == value
+                for key, value in selector)]
+        self._reply(handler, 200, {"apiVersion": "v1", "kind": "EventList", "metadata": {},
+                                   "items": items})
+
+    @staticmethod
+    def _reply(handler: Any, code: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        handler.send_response(code)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+
+def _status(code: int, reason: str, message: str, status: str = "Failure") -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": status,
+            "message": message, "reason": reason, "code": code}
+
+
+def serve(setup: Callable[[StubApiServer], None] | None = None) -> StubApiServer:
+    """A started stub, after ``setup(stub)``."""
+    stub = StubApiServer()
+    if setup:
+        setup(stub)
+    return stub.start()

