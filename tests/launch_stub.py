@@ -93,6 +93,7 @@ class StubApiServer:
     job_errors: list[int] = field(default_factory=list)  # statuses for the next job GETs
     create_error: int | None = None
     conflict_job: dict[str, Any] | None = None  # appears just before the POST, which gets 409
+    on_create: Callable[[], None] | None = None  # runs while a POST is being answered
     log_reads: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -180,6 +181,8 @@ class StubApiServer:
                     return self._reply(handler, 409, _status(
                         409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists'))
                 self.add_job(body)
+                if self.on_create is not None:
+                    self.on_create()
                 return self._reply(handler, 201, self.jobs[(namespace, name)])
             if name is None:
                 return self._reply(handler, 405, _status(405, "MethodNotAllowed", "stub"))

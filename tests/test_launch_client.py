@@ -239,6 +239,14 @@ def test_sigterm_cancels_the_job_and_restores_the_handler(stub, spec):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_sigterm_while_the_job_is_being_created_still_deletes_it(stub, spec):
+    stub.on_create = lambda: os.kill(os.getpid(), signal.SIGTERM)  # before run() knows the job
+    stub.script(NAME, conditions("Running"))
+    with pytest.raises(JobError, match="cancelled"):
+        launcher_for(stub).run(spec, timeout=30, follow_logs=False)
+    assert len(stub.calls("POST")) == 1 and stub.jobs == {}
+
+
 def test_kubeconfig_is_used_when_not_in_a_pod(stub, spec, tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     kubeconfig = tmp_path / "config"

@@ -20,7 +20,7 @@ from srs_core.launch import (
     render_yaml,
     validate_pytorchjob,
 )
-from srs_core.launch.pytorchjob import CRD_PATH, ENV_VARIABLES, _ENV_FIELDS
+from srs_core.launch.pytorchjob import _ENV_FIELDS, CRD_PATH, ENV_VARIABLES
 
 SHARED_CRD = Path(__file__).resolve().parents[2] / "shared/schemas/kubeflow.org_pytorchjobs.yaml"
 

@@ -82,6 +82,12 @@ def _status_code(exc: BaseException) -> int | None:
     return None
 
 
+def _reason(exc: BaseException) -> str:
+    """The SDK's message plus the error it wrapped (it drops the cause of non-API errors)."""
+    inner = exc.__cause__ or exc.__context__
+    return f"{exc} ({type(inner).__name__}: {inner})" if inner else str(exc)
+
+
 def job_state(job: Any) -> tuple[str, Any]:
     """(state, condition): Failed/Succeeded win; else the newest true condition; else Pending."""
     conditions = [c for c in (getattr(job.status, "conditions", None) or [])
@@ -187,6 +193,7 @@ class PyTorchJobLauncher:
         self._cancelled = threading.Event()
         self._current: tuple[str, str] | None = None
         self._last_job: Any = None
+        self._deleted_by_cancel = False
 
     # -- single API calls -------------------------------------------------------------------
     def get(self, name: str, namespace: str) -> Any:
@@ -196,7 +203,7 @@ class PyTorchJobLauncher:
         except (RuntimeError, TimeoutError) as exc:
             if _status_code(exc) == 404:
                 return None
-            raise JobError(f"cannot read PyTorchJob {namespace}/{name}: {exc}") from exc
+            raise JobError(f"cannot read PyTorchJob {namespace}/{name}: {_reason(exc)}") from exc
 
     def delete(self, name: str, namespace: str) -> bool:
         """Delete the job and, through owner references, its pods; False if already gone."""
@@ -208,7 +215,7 @@ class PyTorchJobLauncher:
         except (RuntimeError, TimeoutError) as exc:
             if _status_code(exc) == 404:
                 return False
-            raise JobError(f"cannot delete PyTorchJob {namespace}/{name}: {exc}") from exc
+            raise JobError(f"cannot delete PyTorchJob {namespace}/{name}: {_reason(exc)}") from exc
         log.info("deleted PyTorchJob %s/%s", namespace, name)
         return True
 
@@ -219,6 +226,7 @@ class PyTorchJobLauncher:
             name, namespace = self._current
             try:
                 self.delete(name, namespace)
+                self._deleted_by_cancel = True
             except JobError as exc:
                 log.error("cancel: %s", exc)
 
@@ -247,7 +255,7 @@ class PyTorchJobLauncher:
             hint = (" — the runner's ServiceAccount needs the srs-pipeline-runner Role of "
                     "manifests/base (create pytorchjobs.kubeflow.org)") if status == 403 else ""
             raise JobError(f"cannot create PyTorchJob {spec.namespace}/{spec.name}: "
-                           f"{exc}{hint}") from exc
+                           f"{_reason(exc)}{hint}") from exc
         log.info("created PyTorchJob %s/%s (%d replica(s) x %d process(es))", spec.namespace,
                  spec.name, spec.workers, spec.processes_per_worker)
         return True
@@ -282,11 +290,15 @@ class PyTorchJobLauncher:
         last, failures = None, 0
         while True:
             if self._cancelled.is_set():
-                outcome.state, outcome.detail = "Cancelled", "cancelled: the job was deleted"
+                outcome.state = "Cancelled"
+                outcome.detail = (f"PyTorchJob {namespace}/{name} was cancelled (SIGTERM: the "
+                                  "pipeline step was stopped) and is deleted")
                 break
             try:
                 job = self.get(name, namespace)
                 failures = 0
+                if self._cancelled.is_set():  # cancel() ran during the request
+                    continue
             except JobError as exc:
                 failures += 1
                 if failures > self.max_api_failures:
@@ -326,7 +338,7 @@ class PyTorchJobLauncher:
     def explain_failure(self, job: Any, follower: _LogFollower | None = None) -> str:
         """Why the job failed: its Failed condition, pod exits, Warning events, last log lines."""
         name, namespace = job.metadata.name, job.metadata.namespace
-        state, condition = job_state(job)
+        _, condition = job_state(job)
         lines = [f"PyTorchJob {namespace}/{name} failed"
                  + (f": {condition.reason}: {condition.message}" if condition else "")]
         try:
@@ -366,15 +378,16 @@ class PyTorchJobLauncher:
         if cleanup not in CLEANUP_POLICIES:
             raise JobError(f"cleanup={cleanup!r}: use one of {', '.join(CLEANUP_POLICIES)}")
         self._cancelled.clear()
-        created = self.submit(spec, replace_failed=replace_failed)
-        self._current = (spec.name, spec.namespace)
-        follower = None
-        if follow_logs:
-            follower = _LogFollower(self.core, spec.name, spec.namespace, self.poll_interval)
-            follower.start()
-        outcome = None
+        self._deleted_by_cancel = False
+        follower, outcome = None, None
         try:
             with cancel_on_sigterm(self.cancel):
+                created = self.submit(spec, replace_failed=replace_failed)
+                self._current = (spec.name, spec.namespace)
+                if follow_logs:
+                    follower = _LogFollower(self.core, spec.name, spec.namespace,
+                                            self.poll_interval)
+                    follower.start()
                 outcome = self.watch(spec.name, spec.namespace, timeout, explain=False)
         finally:
             if follower is not None:
@@ -385,7 +398,8 @@ class PyTorchJobLauncher:
         if outcome.state == "Failed":
             outcome.detail = self.explain_failure(self._last_job, follower)
         if outcome.state == "Cancelled":
-            outcome.deleted = True
+            # SIGTERM may have come before the job existed: then cancel() deleted nothing.
+            outcome.deleted = self._deleted_by_cancel or self.delete(spec.name, spec.namespace)
         outcome.created = created
         delete = (outcome.state == "Succeeded" and cleanup in ("always", "on-success")
                   or outcome.state == "Failed" and cleanup == "always"

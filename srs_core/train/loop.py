@@ -23,16 +23,15 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 
 from srs_core import store
 from srs_core.config import Config
 from srs_core.data.report import Report
 from srs_core.errors import ConfigError
 from srs_core.evaluate import score_examples, summarize
-from srs_core.train.checkpoint import CheckpointManager
+from srs_core.train.checkpoint import CheckpointManager, load_torch, save_torch
 from srs_core.train.data import ResumableSampler, SrsDataset, load_examples, make_collate
-from srs_core.train.distributed import autocast_context, init_distributed
+from srs_core.train.distributed import autocast_context, barrier, init_distributed
 from srs_core.train.schedule import cosine_with_warmup
 from srs_core.train.session import (
     Tokenizer,
@@ -43,11 +42,6 @@ from srs_core.train.session import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _barrier() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.barrier()
 
 
 def _load_emotion(cfg: Config, device: torch.device):
@@ -70,10 +64,8 @@ def _load_emotion(cfg: Config, device: torch.device):
 
 def _initialise(model, cfg: Config) -> None:
     from srs_core.model.loaders import load_albef_vision, load_bert_text
-    from srs_core.train.session import load_checkpoint
-
     if cfg.model.vision_init:
-        report = load_albef_vision(model, load_checkpoint(cfg.model.vision_init))
+        report = load_albef_vision(model, load_torch(cfg.model.vision_init))
         log.info("vision init from %s: %s", cfg.model.vision_init, report)
     if cfg.model.text_init:
         weights = _read_bert_weights(cfg.model.text_init)
@@ -88,9 +80,7 @@ def _read_bert_weights(root: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(store.fetch(safetensors_uri)))
-    from srs_core.train.session import load_checkpoint
-
-    return load_checkpoint(store.join(root, "pytorch_model.bin"))
+    return load_torch(store.join(root, "pytorch_model.bin"))
 
 
 class History:
@@ -127,7 +117,7 @@ def train(cfg: Config) -> dict:
 
     if dist.is_master:
         prepare_sticker_cache(cfg, report)
-    _barrier()
+    barrier()
     from srs_core.data.sticker_cache import load_sticker_cache
 
     cache = load_sticker_cache(cache_uri(cfg))
@@ -146,8 +136,11 @@ def train(cfg: Config) -> dict:
     vocab_uri = store.join(output, "vocab.txt")
     if dist.is_master and not store.exists(vocab_uri):
         store.write_text(vocab_uri, resolve_vocab(cfg, train_examples))
-    _barrier()
+    barrier()
     tokenize = Tokenizer(store.read_text(vocab_uri), cfg.data.max_text_tokens)
+
+    from srs_core.model import convert_sync_batchnorm, param_groups
+    from srs_core.model.losses import compute_losses
 
     teacher, anchors = _load_emotion(cfg, device)
     num_anchor_logits = anchors.shape[0] if anchors is not None else 7 * cfg.emotion.k
@@ -155,16 +148,15 @@ def train(cfg: Config) -> dict:
     _initialise(model, cfg)
     model.to(device)
     if dist.world_size > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)  # SyncBatchNorm exists on CUDA only
+        every_term_on = all(getattr(cfg.loss, k) for k in (
+            "ita", "itm", "simclr_intra", "simclr_inter", "emotion"))
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
+            find_unused_parameters=not every_term_on,
         )
     else:
         ddp = model
-
-    from srs_core.model import param_groups
-    from srs_core.model.losses import compute_losses
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     sampler = ResumableSampler(len(train_examples), dist.rank, dist.world_size,
@@ -214,8 +206,7 @@ def train(cfg: Config) -> dict:
             "vocab": tokenize.vocab_text, "num_anchor_logits": num_anchor_logits,
             "step": step, "val": metrics, "sticker_cache": cache_uri(cfg),
         }
-        with store.open_write(store.join(output, "best.pt")) as handle:
-            torch.save(payload, handle)
+        save_torch(payload, store.join(output, "best.pt"))
 
     started, seen = time.time(), 0
     done = bool(cfg.train.max_steps) and step >= cfg.train.max_steps
@@ -251,7 +242,7 @@ def train(cfg: Config) -> dict:
                 remaining = (total_steps - step) * cfg.train.batch_size * dist.world_size
                 record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                           "dialogs_per_s": round(rate, 2), "eta_s": round(remaining / rate, 1),
-                          **{k: round(float(v), 5) for k, v in losses.items()}}
+                          **{k: round(v.detach().item(), 5) for k, v in losses.items()}}
                 history.add(record)
                 if dist.is_master:
                     log.info("step %d/%d epoch %d loss %.4f %.1f dialogs/s eta %.0fs", step,
@@ -272,7 +263,7 @@ def train(cfg: Config) -> dict:
                 best_map = metrics["MAP"]
                 save_best(metrics)
         save("latest.pt")
-        _barrier()
+        barrier()
 
     summary = {
         "steps": step, "epochs": epoch, "best_val_MAP": best_map,
@@ -284,5 +275,5 @@ def train(cfg: Config) -> dict:
     }
     if dist.is_master:
         store.write_text(store.join(output, "train_summary.json"), json.dumps(summary, indent=2))
-    _barrier()
+    barrier()
     return summary

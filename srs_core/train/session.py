@@ -21,6 +21,7 @@ from srs_core.data.sticker_cache import StickerCache, build_sticker_cache
 from srs_core.data.stickerchat import SPLITS, iter_dialogs
 from srs_core.errors import ConfigError
 from srs_core.model.tokenizer import build_vocab, encode_contexts, load_tokenizer
+from srs_core.train.checkpoint import load_torch
 from srs_core.train.data import Example, context_texts, load_examples
 
 log = logging.getLogger(__name__)
@@ -95,15 +96,10 @@ class InferenceSession:
     report: Report
 
 
-def load_checkpoint(uri: str) -> dict:
-    with store.open_read(uri) as handle:
-        return torch.load(handle, map_location="cpu", weights_only=True)
-
-
 def open_for_inference(cfg: Config, checkpoint_uri: str, split: str) -> InferenceSession:
     """Model from a ``best.pt``-style checkpoint plus the split's examples."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    checkpoint = load_checkpoint(checkpoint_uri)
+    checkpoint = load_torch(checkpoint_uri)
     model_cfg = ModelConfig(**checkpoint["model_config"])
     tokenize = Tokenizer(checkpoint["vocab"], cfg.data.max_text_tokens)
     model = build_model(model_cfg, checkpoint["num_anchor_logits"], tokenize.vocab_size)
@@ -122,5 +118,5 @@ def open_for_inference(cfg: Config, checkpoint_uri: str, split: str) -> Inferenc
 
 __all__ = [
     "InferenceSession", "Tokenizer", "build_model", "cache_uri", "context_texts",
-    "load_checkpoint", "open_for_inference", "prepare_sticker_cache", "resolve_vocab",
+    "open_for_inference", "prepare_sticker_cache", "resolve_vocab",
 ]

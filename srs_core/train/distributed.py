@@ -1,0 +1,106 @@
+"""Device, precision and process-group setup shared by every training program.
+
+Under ``torchrun`` (or a PyTorchJob pod) the environment names this process's place in the
+job (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); alone, the
+process is rank 0 of 1 and no process group is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+from srs_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    is_master: bool
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def select_device(local_rank: int = 0) -> torch.device:
+    """``cuda:<local_rank>`` when a GPU is visible, else the CPU."""
+    if torch.cuda.is_available():
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def init_distributed() -> DistInfo:
+    """Join the torchrun job described by the environment (NCCL on GPU, gloo on CPU).
+
+    Safe to call more than once; a single process gets rank 0 of 1 without a process group.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = select_device(local_rank)
+    if world_size > 1 and not torch_dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        torch_dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                      world_size=world_size, **kwargs)
+        log.info("joined process group: rank %d of %d (%s, %s)", rank, world_size, backend,
+                 device)
+    return DistInfo(rank, world_size, local_rank, device, rank == 0)
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one process is active."""
+    return torch_dist.is_available() and torch_dist.is_initialized() and (
+        torch_dist.get_world_size() > 1
+    )
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op alone)."""
+    if is_distributed():
+        torch_dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op alone); returns it."""
+    if is_distributed():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def resolve_precision(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype: ``auto`` is bf16 on GPU and full fp32 (None) elsewhere."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for the forward pass (a null context for fp32)."""
+    dtype = resolve_precision(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
