@@ -13,6 +13,10 @@ Caching: KFP keys a cached step on its inputs, which are URIs, so a step is cach
 the same URIs always mean the same content: the data roots (treated as immutable: new data, new
 URI) and what the deterministic steps derive from them. Training rewrites ``<root>/srs`` (it
 resumes from its own checkpoints), so training, and evaluation of its checkpoint, never cache.
+
+Retries: every step is cheap to repeat or resumes where it stopped (sentiment chunks, teacher
+epochs, training checkpoints, an adopted PyTorchJob), so pod evictions and node losses cost
+little. ``srs pipeline run --local`` drops them: on one machine a retry repeats the failure.
 """
 
 # No `from __future__ import annotations`: KFP reads the parameter types at definition time.
@@ -43,7 +47,7 @@ JOB_CLEANUP = ("on-success", "always", "never")
 # real data set; kfp.local ignores them.
 RESOURCES = {
     "validate": ("2", "4Gi"),
-    "sentiment": ("4", "8Gi"),
+    "sentiment": ("4", "8Gi"),  # with sentiment_workers=4 processes
     "teacher": ("8", "32Gi"),
     "anchors": ("8", "32Gi"),
     "train_in_step": ("8", "64Gi"),
@@ -102,7 +106,7 @@ def srs_pipeline(
     with_resources(_retry(sentiment), *RESOURCES["sentiment"])
 
     teacher = train_emotion_teacher(ser30k=ser30k, **config)
-    on_gpu(with_resources(teacher, *RESOURCES["teacher"]))
+    on_gpu(with_resources(_retry(teacher), *RESOURCES["teacher"]))  # resumes from its epochs
 
     anchors = cluster_anchors(ser30k=ser30k, teacher=teacher.outputs["teacher"], k=anchors_k,
                               **config)
@@ -122,7 +126,8 @@ def srs_pipeline(
         with_job_defaults(with_resources(_retry(on_job), *RESOURCES["train_launcher"]))
     with dsl.Else(name="in-step"):
         in_step = train_srs(backend="local", **training).set_display_name("train-srs")
-        on_gpu(with_resources(in_step, *RESOURCES["train_in_step"]), gpus_per_node)
+        # One retry: training resumes from its last checkpoint (e.g. after a node eviction).
+        on_gpu(with_resources(_retry(in_step, 1), *RESOURCES["train_in_step"]), gpus_per_node)
     for task in (on_job, in_step):
         task.set_caching_options(enable_caching=False)
     train_output = dsl.OneOf(on_job.outputs["output"], in_step.outputs["output"])

@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 # Keys of a history record that are not loss terms.
-_NOT_LOSS = frozenset({"step", "epoch", "lr", "dialogs_per_s", "val"})
+_NOT_LOSS = frozenset({"step", "epoch", "lr", "dialogs_per_s", "eta_s", "val"})
+# Validation metrics worth a curve (the protocol's; counts and timings are left out).
+_CURVES = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
 _THUMB = 72  # thumbnail edge in pixels
 _STYLE = """
 body{font-family:sans-serif;margin:1.2em;color:#222}
@@ -102,7 +104,7 @@ def loss_curves_png(history: list[dict]) -> bytes | None:
     left.set_title("training loss")
     if steps:
         left.legend(fontsize=7)
-    names = sorted({k for r in vals for k in r["val"]})
+    names = [name for name in _CURVES if any(name in r["val"] for r in vals)]
     for name in names:
         points = [(r["step"], r["val"][name]) for r in vals
                   if isinstance(r["val"].get(name), (int, float))]

@@ -6,6 +6,7 @@ API, records every request and plays scripted job statuses.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from kubernetes.client import Configuration
 from launch_stub import GONE, StubApiServer, conditions, event, pod
 
+from srs_core.cli import main
 from srs_core.errors import JobError
 from srs_core.launch import JobSpec, PyTorchJobLauncher, kube_configuration, render_pytorchjob
 
@@ -259,6 +261,25 @@ def test_kubeconfig_is_used_when_not_in_a_pod(stub, spec, tmp_path, monkeypatch)
     launcher = PyTorchJobLauncher(kube_configuration(str(kubeconfig)), poll_interval=0.02)
     launcher.run(spec, timeout=30, follow_logs=False)
     assert {r.headers.get("authorization") for r in stub.requests} == {"Bearer test-token"}
+
+
+def test_cli_job_run_against_the_stub(stub, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: stub\n"
+        f"clusters: [{{name: stub, cluster: {{server: '{stub.url}'}}}}]\n"
+        "users: [{name: runner, user: {token: t}}]\n"
+        "contexts: [{name: stub, context: {cluster: stub, user: runner}}]\n")
+    stub.script(NAME, conditions("Running"), conditions("Succeeded"))
+    code = main(["job", "run", "--kubeconfig", str(kubeconfig), "--image", "srs:test",
+                 "--name", NAME, "--namespace", NS, "--poll-interval", "0.02",
+                 "--timeout", "30", "--cleanup", "never", "--", "train", "--preset", "tiny"])
+    outcome = json.loads(capsys.readouterr().out)
+    assert code == 0 and outcome["state"] == "Succeeded" and outcome["deleted"] is False
+    container = stub.calls("POST")[0].body["spec"]["pytorchReplicaSpecs"]["Master"]
+    assert container["template"]["spec"]["containers"][0]["args"][2:] == [
+        "train", "--preset", "tiny"]
 
 
 def test_missing_kubeconfig_is_a_job_error(tmp_path, monkeypatch):

@@ -75,7 +75,7 @@ class Ser30kImages(torch.utils.data.Dataset):
         if not self.train:
             # the same bicubic square resize the SRS sticker cache applies to candidates
             pixels = resize_square(pixels, self.size)
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        image = torch.from_numpy(np.require(pixels, requirements="CW")).permute(2, 0, 1)
         return self.transform(image), item.label
 
 

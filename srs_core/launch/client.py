@@ -7,20 +7,17 @@ CoreV1Api, because the SDK prints followed logs to stdout and only lists events 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from srs_core.errors import JobError
 from srs_core.launch._signals import cancel_on_sigterm
+from srs_core.launch.logs import JOB_NAME_LABEL, LogFollower
 from srs_core.launch.pytorchjob import (
-    CONTAINER,
     RUN_ID_LABEL,
     JobSpec,
     build_pytorchjob,
@@ -30,8 +27,6 @@ from srs_core.launch.pytorchjob import (
 
 log = logging.getLogger(__name__)
 
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
-JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
 CLEANUP_POLICIES = ("always", "on-success", "never")
 TERMINAL = ("Succeeded", "Failed", "Timeout", "Cancelled", "Vanished")
 
@@ -68,6 +63,7 @@ class JobOutcome:
     deleted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain dict (what `srs job run` prints)."""
         return asdict(self)
 
 
@@ -99,79 +95,6 @@ def job_state(job: Any) -> tuple[str, Any]:
     if conditions:
         return conditions[-1].type, conditions[-1]
     return "Pending", None
-
-
-class _LogFollower(threading.Thread):
-    """Streams the master pod's container log into our log; survives container restarts."""
-
-    def __init__(self, core: Any, name: str, namespace: str, poll: float, tail: int = 30):
-        super().__init__(name=f"logs-{name}", daemon=True)
-        self.core, self.job, self.namespace, self.poll = core, name, namespace, poll
-        self.tail: deque[str] = deque(maxlen=tail)
-        self.stopping = threading.Event()
-        self._response: Any = None
-        self._emitted: dict[tuple[str, int], int] = {}  # (pod uid, restarts) -> lines logged
-
-    def _master_pod(self) -> Any:
-        selector = f"{JOB_NAME_LABEL}={self.job},{JOB_ROLE_LABEL}=master"
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        return pods[0] if pods else None
-
-    @staticmethod
-    def _container(pod: Any) -> tuple[int, bool]:
-        for status in pod.status.container_statuses or []:
-            if status.name == CONTAINER:
-                return status.restart_count or 0, bool(status.state and status.state.running)
-        return 0, False
-
-    def _lines(self, pod_name: str) -> Iterator[str]:
-        self._response = self.core.read_namespaced_pod_log(
-            pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False)
-        pending = b""
-        try:
-            for chunk in self._response.stream(1024, decode_content=True):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.decode("utf-8", errors="replace").rstrip("\r")
-            if pending:
-                yield pending.decode("utf-8", errors="replace")
-        finally:
-            self._response.release_conn()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self._follow_once()
-            except Exception as exc:  # a log stream must never fail the job watch
-                log.debug("log stream of %s interrupted: %s", self.job, exc)
-            self.stopping.wait(self.poll)
-
-    def _follow_once(self) -> None:
-        pod = self._master_pod()
-        if pod is None or pod.status is None or pod.status.phase == "Pending":
-            return
-        restarts, running = self._container(pod)
-        key = (pod.metadata.uid or pod.metadata.name, restarts)
-        if key in self._emitted and not running:
-            return  # this container's log was read to its end; wait for a restart
-        # A dropped connection re-reads the container's log: skip what was already logged.
-        skip = self._emitted.get(key, 0)
-        for count, line in enumerate(self._lines(pod.metadata.name), start=1):
-            if count > skip:
-                log.info("[%s] %s", pod.metadata.name, line)
-                self.tail.append(line)
-            self._emitted[key] = max(skip, count)
-        self._emitted.setdefault(key, 0)
-
-    def stop(self, drain: float) -> None:
-        """Let the current stream finish for up to ``drain`` seconds, then cut it."""
-        self.stopping.set()
-        self.join(drain)
-        if self.is_alive() and self._response is not None:
-            with contextlib.suppress(Exception):  # closing from another thread: best effort
-                self._response.close()
-            self.join(1.0)
 
 
 class PyTorchJobLauncher:
@@ -335,7 +258,7 @@ class PyTorchJobLauncher:
         outcome.seconds = time.monotonic() - start
         return outcome
 
-    def explain_failure(self, job: Any, follower: _LogFollower | None = None) -> str:
+    def explain_failure(self, job: Any, follower: LogFollower | None = None) -> str:
         """Why the job failed: its Failed condition, pod exits, Warning events, last log lines."""
         name, namespace = job.metadata.name, job.metadata.namespace
         _, condition = job_state(job)
@@ -385,7 +308,7 @@ class PyTorchJobLauncher:
                 created = self.submit(spec, replace_failed=replace_failed)
                 self._current = (spec.name, spec.namespace)
                 if follow_logs:
-                    follower = _LogFollower(self.core, spec.name, spec.namespace,
+                    follower = LogFollower(self.core, spec.name, spec.namespace,
                                             self.poll_interval)
                     follower.start()
                 outcome = self.watch(spec.name, spec.namespace, timeout, explain=False)

@@ -143,7 +143,12 @@ def train(cfg: Config) -> dict:
     from srs_core.model.losses import compute_losses
 
     teacher, anchors = _load_emotion(cfg, device)
-    num_anchor_logits = anchors.shape[0] if anchors is not None else 7 * cfg.emotion.k
+    if anchors is not None:
+        num_anchor_logits = anchors.shape[0]
+    elif cfg.emotion.anchors:  # distillation off, but keep the head the anchors' size
+        num_anchor_logits = np.load(store.fetch(cfg.emotion.anchors), mmap_mode="r").shape[0]
+    else:
+        num_anchor_logits = 7 * cfg.emotion.k
     model = build_model(cfg.model, num_anchor_logits, tokenize.vocab_size)
     _initialise(model, cfg)
     model.to(device)

@@ -1,0 +1,90 @@
+"""Stream the master pod's log of a PyTorchJob into our log, across container restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from srs_core.launch.pytorchjob import CONTAINER
+
+log = logging.getLogger(__name__)
+
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # set by the Training Operator on its pods
+JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
+
+
+class LogFollower(threading.Thread):
+    """Streams the master pod's container log into our log; survives container restarts."""
+
+    def __init__(self, core: Any, name: str, namespace: str, poll: float, tail: int = 30):
+        super().__init__(name=f"logs-{name}", daemon=True)
+        self.core, self.job, self.namespace, self.poll = core, name, namespace, poll
+        self.tail: deque[str] = deque(maxlen=tail)
+        self.stopping = threading.Event()
+        self._response: Any = None
+        self._emitted: dict[tuple[str, int], int] = {}  # (pod uid, restarts) -> lines logged
+
+    def _master_pod(self) -> Any:
+        selector = f"{JOB_NAME_LABEL}={self.job},{JOB_ROLE_LABEL}=master"
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        return pods[0] if pods else None
+
+    @staticmethod
+    def _container(pod: Any) -> tuple[int, bool]:
+        for status in pod.status.container_statuses or []:
+            if status.name == CONTAINER:
+                return status.restart_count or 0, bool(status.state and status.state.running)
+        return 0, False
+
+    def _lines(self, pod_name: str) -> Iterator[str]:
+        self._response = self.core.read_namespaced_pod_log(
+            pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False)
+        pending = b""
+        try:
+            for chunk in self._response.stream(1024, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace").rstrip("\r")
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
+        finally:
+            self._response.release_conn()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._follow_once()
+            except Exception as exc:  # a log stream must never fail the job watch
+                log.debug("log stream of %s interrupted: %s", self.job, exc)
+            self.stopping.wait(self.poll)
+
+    def _follow_once(self) -> None:
+        pod = self._master_pod()
+        if pod is None or pod.status is None or pod.status.phase == "Pending":
+            return
+        restarts, running = self._container(pod)
+        key = (pod.metadata.uid or pod.metadata.name, restarts)
+        if key in self._emitted and not running:
+            return  # this container's log was read to its end; wait for a restart
+        # A dropped connection re-reads the container's log: skip what was already logged.
+        skip = self._emitted.get(key, 0)
+        for count, line in enumerate(self._lines(pod.metadata.name), start=1):
+            if count > skip:
+                log.info("[%s] %s", pod.metadata.name, line)
+                self.tail.append(line)
+            self._emitted[key] = max(skip, count)
+        self._emitted.setdefault(key, 0)
+
+    def stop(self, drain: float) -> None:
+        """Let the current stream finish for up to ``drain`` seconds, then cut it."""
+        self.stopping.set()
+        self.join(drain)
+        if self.is_alive() and self._response is not None:
+            with contextlib.suppress(Exception):  # closing from another thread: best effort
+                self._response.close()
+            self.join(1.0)
