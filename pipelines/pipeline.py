@@ -34,6 +34,7 @@ from components import (
 from components._image import GPU_IMAGE
 from pipelines.platform import (
     STORE_SECRET,
+    as_non_root,
     on_gpu,
     with_job_defaults,
     with_resources,
@@ -89,11 +90,12 @@ def srs_pipeline(
     """The whole workflow; returns the evaluation metrics.
 
     ``overrides``: extra ``section.key=value`` config settings, space-separated, for every
-    step. ``training_backend``: ``pytorchjob`` (``train_nodes`` pods of ``gpus_per_node`` GPUs)
-    or ``local`` (torchrun with ``gpus_per_node`` processes inside the step). Images are
-    constants of the components (KFP fixes them at compile time); ``job_image`` is the
-    PyTorchJob's image, the one image a run may choose; ``job_cleanup``: when to delete the
-    job (``on-success`` keeps failed ones for inspection, ``always``, ``never``).
+    step (the parameters here win over them). ``training_backend``: ``pytorchjob``
+    (``train_nodes`` pods of ``gpus_per_node`` GPUs) or ``local`` (torchrun with
+    ``gpus_per_node`` processes inside the step). Images are constants of the components (KFP
+    fixes them at compile time); ``job_image`` is the PyTorchJob's image, the one image a run
+    may choose. ``job_cleanup``: when to delete the job (``on-success`` keeps failed ones for
+    inspection, ``always``, ``never``).
     """
     config = {"output_root": output_root, "preset": preset, "overrides": overrides}
 
@@ -139,5 +141,5 @@ def srs_pipeline(
     scores.set_caching_options(enable_caching=False)
 
     for task in (data, sentiment, teacher, anchors, on_job, in_step, scores):
-        with_store_secret(task)
+        as_non_root(with_store_secret(task))
     return scores.outputs["metrics"]

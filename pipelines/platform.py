@@ -10,6 +10,8 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
 
+from srs_core.launch.pytorchjob import ENV_VARIABLES as JOB_ENV_VARIABLES
+
 # The MinIO Secret in the run's namespace. Its keys are the env var names `srs_core.store`
 # reads (the PyTorchJob's pods map the same keys). Credentials never appear as pipeline
 # parameters or literals: the compiled YAML holds only the Secret's name and key names.
@@ -17,13 +19,18 @@ STORE_SECRET = "srs-minio"
 STORE_SECRET_KEYS = ("SRS_S3_ENDPOINT", "SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY")
 STORE_SECRET_OPTIONAL_KEYS = ("SRS_S3_SECURE",)  # absent: TLS unless the endpoint says http://
 
-# Launcher defaults for the PyTorchJob (`JobSpec.from_env`), from the namespace's ConfigMap;
-# optional, so a namespace without it falls back to the launcher's built-in defaults.
+# Cluster defaults of the PyTorchJob (`JobSpec.from_env`) from the namespace's ConfigMap
+# (manifests/), optional, so a namespace without it gets the launcher's built-in defaults.
+# Left out: what the run decides (image, replicas, GPUs and so processes per replica: pipeline
+# parameters, visible in the UI), the namespace (the run's own) and the Secret (above).
 JOB_DEFAULTS_CONFIG_MAP = "srs-defaults"
-JOB_DEFAULT_KEYS = (
-    "SRS_JOB_NODE_SELECTOR", "SRS_JOB_TOLERATIONS", "SRS_JOB_SERVICE_ACCOUNT", "SRS_JOB_CPU",
-    "SRS_JOB_MEMORY", "SRS_JOB_SHM_SIZE", "SRS_JOB_NCCL_SOCKET_IFNAME", "SRS_JOB_BACKOFF_LIMIT",
-)
+_RUN_DECIDES = {"SRS_JOB_NAMESPACE", "SRS_JOB_IMAGE", "SRS_JOB_WORKERS", "SRS_JOB_NPROC_PER_NODE",
+                "SRS_JOB_GPUS_PER_WORKER", "SRS_JOB_SECRET"}
+JOB_DEFAULT_KEYS = tuple(k for k in JOB_ENV_VARIABLES if k not in _RUN_DECIDES)
+
+# The images' non-root user (images/ creates it with this numeric id, which lets Kubernetes
+# verify runAsNonRoot).
+RUN_AS_USER = 1000
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # Label set by NVIDIA's GPU feature discovery / GPU operator on GPU nodes.
@@ -39,6 +46,12 @@ def with_store_secret(task: PipelineTask) -> PipelineTask:
     return kubernetes.use_secret_as_env(
         task, secret_name=STORE_SECRET,
         secret_key_to_env={k: k for k in STORE_SECRET_OPTIONAL_KEYS}, optional=True)
+
+
+def as_non_root(task: PipelineTask) -> PipelineTask:
+    """Run the step's container as the images' unprivileged user."""
+    return kubernetes.set_security_context(task, run_as_user=RUN_AS_USER,
+                                           run_as_group=RUN_AS_USER, run_as_non_root=True)
 
 
 def with_job_defaults(task: PipelineTask) -> PipelineTask:

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 # that it never shows in shell history, process lists or logs.
 TOKEN_ENV = "SRS_KFP_TOKEN"
 LOCAL_DEFAULTS = {"preset": "tiny", "training_backend": "local", "gpus_per_node": 1}
+# The evaluation step's Metrics artifact, in the protocol's order (DESIGN.md section 4).
+RANK_METRICS = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
 _TYPES = {"String": str, "Integer": int, "Boolean": bool, "Float": float}
 
 
@@ -143,7 +146,11 @@ def run_locally(
                raise_on_error=True)
     # kfp.local prints the steps' logs to stdout; stdout is for the metrics.
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            # Expected here: cluster settings (resources, GPUs) do nothing on one machine, and
+            # the steps run in this environment, not in the components' images.
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local")
+            warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
             outputs = pipeline_orchestrator.run_local_pipeline(
                 pipeline_spec=_without_retries(srs_pipeline.pipeline_spec), arguments=arguments)
     except RuntimeError as exc:  # kfp.local names the failed task; its log is above
@@ -151,7 +158,8 @@ def run_locally(
                        f"{kfp_root})") from None
     runs = sorted(set(kfp_root.iterdir()) - before)
     run_dir = runs[-1] if runs else None
-    metrics = dict(outputs["Output"].metadata)
+    logged = outputs["Output"].metadata
+    metrics = {name: logged[name] for name in RANK_METRICS if name in logged}
     return {"metrics": metrics, "run_dir": str(run_dir), "artifacts": _artifacts(run_dir)}
 
 

@@ -103,7 +103,8 @@ def _score_chunk(task: dict[str, Any]) -> dict[str, Any]:
         for position, (message_id, raw) in enumerate(utterances):
             text = "".join(raw.split())
             if not text:
-                where, detail = f"{task['source']}:{line}", f"context[{position}] id={message_id}"
+                where = f"{task['source']}:{line}"
+                detail = f"context[{position}] id={message_id} has no text"
                 if task["strict"]:
                     return {"index": index, "error": ["empty_utterance", where, detail]}
                 entry = problems.setdefault("empty_utterance", {"count": 0, "examples": []})

@@ -157,3 +157,86 @@ def test_prepare_sentiment_component_writes_the_training_polarity(
     assert root == store.join(str(kfp_local / "run"), "sentiment")
     lines = Path(root, "train.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 30
+
+
+# --- the training step's PyTorchJob branch (the launcher itself is tested in test_launch_*) -----
+
+
+RUN_ID = "0f6c2a8e-1b7d-4c35-9a51-2d1f0f3f9b11"  # what KFP puts in {{$.pipeline_job_uuid}}
+
+
+def _train_inputs(root: Path, **changes: object) -> dict:
+    from types import SimpleNamespace
+
+    inputs = dict(
+        stickerchat="s3://data/stickerchat", sentiment="s3://runs/r1/sentiment",
+        teacher="s3://runs/r1/teacher/teacher.pth", anchors="s3://runs/r1/anchors/a-k60.npy",
+        output_root=str(root), preset="paper", overrides="train.lr=2e-4 loss.emotion=false",
+        epochs=3, batch_size=4, backend="pytorchjob", nodes=4, gpus_per_node=8,
+        job_image="ghcr.io/srs-kubeflow/srs:0.1.0-cuda", job_cleanup="always",
+        timeout_hours=2.0, store_secret="srs-minio", run_id=RUN_ID,
+        report=SimpleNamespace(path=str(root / "kfp" / "report.html")),
+    )
+    (root / "kfp").mkdir(parents=True, exist_ok=True)
+    return {**inputs, **changes}
+
+
+def test_train_component_builds_a_valid_pytorchjob_from_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import srs_core.launch as launch
+    from srs_core.launch import job_name, render_pytorchjob
+
+    launched = []
+    monkeypatch.setattr(launch, "run_pytorchjob", lambda spec, **kw: launched.append((spec, kw)))
+    # what the srs-defaults ConfigMap and the downward API give the step in a cluster
+    monkeypatch.setenv("SRS_JOB_NAMESPACE", "team-a")
+    monkeypatch.setenv("SRS_JOB_NODE_SELECTOR", "nvidia.com/gpu.present=true")
+    monkeypatch.setenv("SRS_JOB_TOLERATIONS", "nvidia.com/gpu:NoSchedule")
+    inputs = _train_inputs(tmp_path)
+    output, checkpoint = components.train_srs.python_func(**inputs)
+
+    assert output == str(tmp_path / "srs") and checkpoint == str(tmp_path / "srs" / "best.pt")
+    ((spec, options),) = launched
+    assert options == {"timeout": 7200.0, "cleanup": "always"}
+    # a restarted step computes the same name, so the launcher adopts the running job
+    assert spec.name == job_name("srs-train", RUN_ID)
+    manifest = render_pytorchjob(spec)  # validated against the Training Operator's CRD
+    assert manifest["metadata"]["namespace"] == "team-a"
+    replicas = manifest["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 3
+    assert manifest["spec"]["nprocPerNode"] == "8"
+    pod = replicas["Worker"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == inputs["job_image"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    args = container["args"]
+    assert args[args.index("train"):args.index("train") + 3] == ["train", "--preset", "paper"]
+    for setting in ("train.lr=2e-4", "loss.emotion=false", "data.stickerchat=s3://data/stickerchat",
+                    f"data.sentiment={inputs['sentiment']}", f"emotion.teacher={inputs['teacher']}",
+                    f"emotion.anchors={inputs['anchors']}", f"train.output={output}",
+                    "train.epochs=3", "train.batch_size=4"):
+        assert setting in args
+    # the run's parameters come after the free-form overrides, so they win
+    assert args.index("train.epochs=3") > args.index("train.lr=2e-4")
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+               if "valueFrom" in e}
+    assert secrets == {"srs-minio"}
+    assert "SRS training" in Path(inputs["report"].path).read_text(encoding="utf-8")
+
+
+def test_train_component_fails_when_the_job_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import srs_core.launch as launch
+    from srs_core.errors import JobError
+
+    def failed(spec, **options):
+        raise JobError(f"PyTorchJob team-a/{spec.name} failed: Master exited with code 1")
+
+    monkeypatch.setattr(launch, "run_pytorchjob", failed)
+    inputs = _train_inputs(tmp_path)
+    with pytest.raises(JobError, match="exited with code 1"):
+        components.train_srs.python_func(**inputs)
+    assert not Path(inputs["report"].path).exists()  # no report of a training that failed

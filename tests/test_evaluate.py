@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from srs_core.config import load_config
-from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.sticker_cache import build_sticker_cache
+from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
 from srs_core.evaluate import score_examples, score_examples_naive, summarize
 from srs_core.metrics import rank_metrics

@@ -145,7 +145,7 @@ def test_gpu_settings_on_teacher_anchors_in_step_training_and_evaluation(compile
             "executors"][label]
 
 
-def test_every_task_has_requests_limits_image_and_the_store_secret(compiled) -> None:
+def test_every_task_has_resources_image_secret_and_runs_as_non_root(compiled) -> None:
     spec, platform, _ = compiled
     kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for label, executor in spec["deploymentSpec"]["executors"].items():
@@ -166,6 +166,8 @@ def test_every_task_has_requests_limits_image_and_the_store_secret(compiled) -> 
             ("SRS_S3_SECRET_KEY", "SRS_S3_SECRET_KEY", STORE_SECRET, False),
             ("SRS_S3_SECURE", "SRS_S3_SECURE", STORE_SECRET, True),
         }, label
+        assert kubernetes[label]["securityContext"] == {
+            "runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}
 
 
 def test_pytorchjob_launcher_gets_its_namespace_and_the_cluster_job_defaults(compiled) -> None:
@@ -186,6 +188,9 @@ def test_pytorchjob_launcher_gets_its_namespace_and_the_cluster_job_defaults(com
     keys = {m["configMapKey"] for m in defaults["keyToEnv"]}
     assert keys <= set(ENV_VARIABLES)  # every key is one the launcher reads
     assert {"SRS_JOB_NODE_SELECTOR", "SRS_JOB_TOLERATIONS", "SRS_JOB_SERVICE_ACCOUNT"} <= keys
+    # what the run's parameters decide is not overridden by the cluster
+    assert not keys & {"SRS_JOB_IMAGE", "SRS_JOB_WORKERS", "SRS_JOB_GPUS_PER_WORKER",
+                       "SRS_JOB_NPROC_PER_NODE", "SRS_JOB_NAMESPACE"}
     assert not any("configMapAsEnv" in s for label, s in executors.items()
                    if label != launchers[0])
 
@@ -367,6 +372,7 @@ def test_submit_reuses_the_experiment_and_a_compiled_package(
     assert [r["path"] for r in posts] == ["/apis/v2beta1/runs"]  # no second experiment
     run = posts[0]["body"]
     assert run["experiment_id"] == "exp-7"
+    assert run["service_account"] == "srs-pipeline-runner"  # manifests/' runner by default
     assert "authorization" not in posts[0]["headers"]  # no token in the environment
     # --no-cache turns caching off for every task of this run
     tasks = _tasks(run["pipeline_spec"]["pipeline_spec"])
@@ -448,8 +454,10 @@ def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.Captur
                  "--param", "epochs=1", "--param", "anchors_k=2", "--param", "batch_size=8",
                  "--param", "overrides=emotion.epochs=1 train.log_every=1"])
     assert code == 0
-    metrics = json.loads(capsys.readouterr().out)  # the step logs go to stderr
-    assert set(metrics) == set(METRIC_NAMES)
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)  # the step logs go to stderr
+    assert "evaluate/report: " in captured.err and "train-srs-2/report: " in captured.err
+    assert list(metrics) == list(METRIC_NAMES)  # printed in the protocol order
     assert all(0.0 <= metrics[name] <= 1.0 for name in METRIC_NAMES)
     assert metrics["R10@1"] <= metrics["R10@2"] <= metrics["R10@5"]
 

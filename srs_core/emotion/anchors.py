@@ -6,7 +6,8 @@ infinities -> 0) as ``.npy`` plus a JSON sidecar. Two k-means backends share one
 - ``kmcuda``: libKMCUDA's ``kmeans_cuda`` (the authors' choice) when it imports and a GPU is
   visible;
 - ``cpu``: greedy k-means++ seeding (as scikit-learn's, in float32) followed by faiss's Lloyd
-  iterations (multi-threaded BLAS); ``auto`` takes kmcuda when possible, else this.
+  iterations (multi-threaded BLAS), best of 2 restarts; ``auto`` takes kmcuda when possible,
+  else this.
 
 A class with no usable training image is an error. A class with at most K images cannot have
 K distinct centroids: its images themselves are its centroids, repeated in order to fill the
@@ -88,26 +89,34 @@ def inertia(features: np.ndarray, centroids: np.ndarray, block: int = 8192) -> f
 
 
 class FaissKMeans:
-    """CPU backend: k-means++ seeds, then ``iterations`` faiss Lloyd steps."""
+    """CPU backend: k-means++ seeds, then ``iterations`` faiss Lloyd steps; the best of
+    ``restarts`` such runs (k-means has local minima: one run's inertia varies by a few %)."""
 
     name = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, restarts: int = 2) -> None:
         import faiss
 
         self._faiss = faiss
-        self.detail = f"faiss {faiss.__version__} + greedy k-means++"
+        self.restarts = max(1, restarts)
+        self.detail = f"faiss {faiss.__version__} Lloyd + greedy k-means++, best of {restarts}"
 
     def fit(self, features: np.ndarray, k: int, iterations: int, seed: int) -> KMeansResult:
         features = np.ascontiguousarray(features, dtype=np.float32)
-        seeds = kmeans_plusplus(features, k, seed)
-        kmeans = self._faiss.Kmeans(
-            features.shape[1], k, niter=iterations, seed=seed % (2**31), verbose=False,
-            # no subsampling (faiss keeps 256 points per centroid by default)
-            max_points_per_centroid=len(features), min_points_per_centroid=1,
-        )
-        kmeans.train(features, init_centroids=seeds)
-        return KMeansResult(np.asarray(kmeans.centroids, dtype=np.float32), iterations)
+        best, best_inertia = None, np.inf
+        for restart in range(self.restarts):
+            run_seed = int(np.random.SeedSequence([seed, restart]).generate_state(1)[0])
+            kmeans = self._faiss.Kmeans(
+                features.shape[1], k, niter=iterations, seed=run_seed % (2**31), verbose=False,
+                # no subsampling (faiss keeps 256 points per centroid by default)
+                max_points_per_centroid=len(features), min_points_per_centroid=1,
+            )
+            kmeans.train(features, init_centroids=kmeans_plusplus(features, k, run_seed))
+            centroids = np.asarray(kmeans.centroids, dtype=np.float32)
+            value = inertia(features, centroids)
+            if value < best_inertia:
+                best, best_inertia = centroids, value
+        return KMeansResult(best, iterations)
 
 
 class KmcudaKMeans:
