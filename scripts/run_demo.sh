@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The main job: create the environment, make demo data, run the whole pipeline locally.
-# Usage: bash scripts/run_demo.sh [DATA_DIR] [OUT_DIR]
+# The main job: create the environment, make demo data, run the whole pipeline locally
+# (kfp.local: validate -> sentiment -> teacher -> anchors -> SRS training with 2 torchrun
+# processes -> evaluation) and print the test metrics as JSON.
+# Usage: bash scripts/run_demo.sh [DATA_DIR] [OUT_DIR] [--param NAME=VALUE ...]
 source "$(dirname "$0")/env.sh"
 DATA="${1:-demo/data}"
 OUT="${2:-demo/run}"
-if [ ! -f "$DATA/stickerchat/release_test.json" ]; then
+shift $(( $# < 2 ? $# : 2 ))
+if [ ! -f "$DATA/synth_manifest.json" ]; then
   srs data synth --out "$DATA"
 fi
 srs data validate --stickerchat "$DATA/stickerchat" --ser30k "$DATA/ser30k" --strict
+srs pipeline run --local --data "$DATA" --out "$OUT" --param gpus_per_node=2 "$@"
