@@ -57,11 +57,30 @@ def test_backbone_weights_load_strictly_into_timm_without_classifier(tmp_path: P
                                                            pre_logits=True), atol=1e-5)
 
 
+def test_load_teacher_takes_a_whole_classifier_checkpoint(tmp_path: Path) -> None:
+    """The authors' ResNet50_SER30K.pth is a 7-class timm classifier: its fc is dropped."""
+    torch.manual_seed(2)
+    model = create_teacher_model().eval()
+    path = tmp_path / "ResNet50_SER30K.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "epoch": 99}, path)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(images), pre_logits=True)
+        assert torch.allclose(load_teacher(str(path), "cpu")(images), expected, atol=1e-5)
+
+
 def test_load_teacher_rejects_other_files(tmp_path: Path) -> None:
-    path = tmp_path / "full.pth"
-    torch.save(create_teacher_model().state_dict(), path)  # classifier included
-    with pytest.raises(ConfigError, match="not a teacher backbone"):
+    path = tmp_path / "partial.pth"
+    state = create_teacher_model().state_dict()
+    del state["layer4.2.conv3.weight"]
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="not a teacher backbone.*layer4.2.conv3.weight"):
         load_teacher(str(path), "cpu")
+    resnet18 = tmp_path / "other.pth"
+    torch.save({k: v[..., :1] if v.ndim == 4 else v for k, v in state.items()}, resnet18)
+    with pytest.raises(ConfigError, match="not a teacher backbone"):
+        load_teacher(str(resnet18), "cpu")
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": object()}, pickled)
     with pytest.raises(StoreError, match="weights-only"):

@@ -71,13 +71,21 @@ def backbone_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if not k.startswith("fc.")}
 
 
-def load_init_weights(model: torch.nn.Module, uri: str) -> dict[str, Any]:
-    """Load timm-format ResNet50 weights; a classifier of another shape is skipped, reported."""
+def _timm_state_dict(uri: str) -> dict[str, Any]:
+    """A timm-format state dict from ``uri``: bare, or wrapped as timm's train script and DDP
+    save it (``{"state_dict": ...}`` / ``{"model": ...}``, ``module.`` prefixes)."""
     state = load_torch(uri)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, dict):
+        raise ConfigError(f"{uri}: expected a state dict, got {type(state).__name__}")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
+def load_init_weights(model: torch.nn.Module, uri: str) -> dict[str, Any]:
+    """Load timm-format ResNet50 weights; a classifier of another shape is skipped, reported."""
+    state = _timm_state_dict(uri)
     own = model.state_dict()
     mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
     result = model.load_state_dict(
@@ -99,16 +107,32 @@ def load_init_weights(model: torch.nn.Module, uri: str) -> dict[str, Any]:
 
 
 def load_teacher(uri: str, device: torch.device | str) -> torch.nn.Module:
-    """The frozen teacher backbone in eval mode: ``[N, 3, S, S]`` normalised -> ``[N, 2048]``."""
+    """The frozen teacher backbone in eval mode: ``[N, 3, S, S]`` normalised -> ``[N, 2048]``.
+
+    Takes the ``teacher.pth`` of ``srs emotion train`` or a whole timm ResNet50 classifier
+    (e.g. the authors' ``ResNet50_SER30K.pth``): its ``fc.*`` classifier is dropped, reported.
+    Every backbone tensor must be present with its shape.
+    """
     model = create_teacher_model(num_classes=0)
-    state = load_torch(uri)
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as exc:
+    state = _timm_state_dict(uri)
+    classifier = sorted(k for k in state if k.startswith("fc."))
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in backbone]
+    problems += [f"unexpected {k}" for k in backbone if k not in own]
+    problems += [f"{k} has shape {list(getattr(v, 'shape', []))}, expected {list(own[k].shape)}"
+                 for k, v in backbone.items()
+                 if k in own and tuple(getattr(v, "shape", ())) != tuple(own[k].shape)]
+    if problems:
         raise ConfigError(
-            f"{uri}: not a teacher backbone ({str(exc).splitlines()[0][:200]}); give the "
-            "teacher.pth written by `srs emotion train`"
-        ) from None
+            f"{uri}: not a teacher backbone ({len(problems)} problem(s): "
+            f"{'; '.join(problems[:4])}); give the teacher.pth written by `srs emotion train` "
+            "or a timm resnet50 state dict"
+        )
+    model.load_state_dict(backbone, strict=True)
+    if classifier:
+        log.info("teacher %s: dropped the classifier %s (features come from the pool)", uri,
+                 classifier)
     model.requires_grad_(False)
     return model.eval().to(device)
 
