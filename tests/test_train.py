@@ -94,8 +94,8 @@ def _torchrun(args: list[str], log: Path) -> subprocess.Popen:
 def test_ddp_run_killed_mid_epoch_resumes_and_finishes(demo, tmp_path) -> None:
     output = tmp_path / "run"
     # 96 dialogs, 2 ranks x 4 per batch -> 12 steps per epoch, 24 in all.
-    args = _overrides(demo, output, "train.epochs=2", "train.checkpoint_every=3",
-                      "loss.emotion=false")
+    settings = ("train.epochs=2", "train.checkpoint_every=3", "loss.emotion=false")
+    args = _overrides(demo, output, *settings)
     first = _torchrun(args, tmp_path / "first.log")
     checkpoint = output / "checkpoints" / "latest.pt"
     deadline = time.time() + 240
@@ -124,6 +124,16 @@ def test_ddp_run_killed_mid_epoch_resumes_and_finishes(demo, tmp_path) -> None:
     steps = [h["step"] for h in history if "loss" in h]
     assert steps[-1] == 24 and max(steps) == 24
     assert (output / "best.pt").exists()
+
+    # Model, optimizer, schedule, data position and every rank's RNG were restored: the
+    # resumed run ends with exactly the weights of a run that was never interrupted.
+    reference = _torchrun(_overrides(demo, tmp_path / "reference", *settings),
+                          tmp_path / "reference.log")
+    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    resumed_model = load_torch(str(checkpoint))["model"]
+    reference_model = load_torch(str(tmp_path / "reference" / "checkpoints" / "latest.pt"))["model"]
+    assert resumed_model.keys() == reference_model.keys()
+    assert all(torch.equal(resumed_model[k], reference_model[k]) for k in resumed_model)
 
 
 def test_tiny_preset_learns_well_above_chance(tmp_path) -> None:

@@ -82,6 +82,15 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
+def all_gather_objects(value: object) -> list:
+    """``value`` of every rank, in rank order (``[value]`` alone); every rank must call it."""
+    if not is_distributed():
+        return [value]
+    gathered: list = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (no-op alone); returns it."""
     if is_distributed():

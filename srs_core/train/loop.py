@@ -31,7 +31,12 @@ from srs_core.errors import ConfigError
 from srs_core.evaluate import score_examples, summarize
 from srs_core.train.checkpoint import CheckpointManager, load_torch, save_torch
 from srs_core.train.data import ResumableSampler, SrsDataset, load_examples, make_collate
-from srs_core.train.distributed import autocast_context, barrier, init_distributed
+from srs_core.train.distributed import (
+    all_gather_objects,
+    autocast_context,
+    barrier,
+    init_distributed,
+)
 from srs_core.train.schedule import cosine_with_warmup
 from srs_core.train.session import (
     Tokenizer,
@@ -105,6 +110,28 @@ def _validate(model, val_examples, cache, tokenize, device, cfg: Config) -> dict
     scores = score_examples(model, val_examples, cache, tokenize, device,
                             batch_size=cfg.eval.batch_size, progress=False)
     return summarize(scores)
+
+
+def _rng_state(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """This rank's random state: augmentations (global CPU/CUDA) and hard-negative draws."""
+    state = {"cpu": torch.get_rng_state(), "mining": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).cpu()
+    return state
+
+
+def _restore_rng(saved: list[dict], rank: int, device: torch.device,
+                 generator: torch.Generator) -> None:
+    """Restore this rank's state; a job resumed on another world size keeps fresh seeds for
+    the ranks it did not have (the data position is exact either way)."""
+    if rank >= len(saved):
+        log.warning("checkpoint has RNG states of %d ranks; rank %d keeps its seed", len(saved),
+                    rank)
+        return
+    torch.set_rng_state(saved[rank]["cpu"])
+    generator.set_state(saved[rank]["mining"])
+    if device.type == "cuda" and "cuda" in saved[rank]:
+        torch.cuda.set_rng_state(saved[rank]["cuda"], device)
 
 
 def train(cfg: Config) -> dict:
@@ -184,22 +211,23 @@ def train(cfg: Config) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
         best_map = state["best_map"]
-        torch.set_rng_state(state["rng_cpu"][dist.rank % len(state["rng_cpu"])])
         log.info("resumed from step %d (epoch %d, batch %d)", step, epoch, position)
 
     history = History(store.join(output, "history.jsonl"), dist.is_master)
     dataset = SrsDataset(train_examples, cache, train=True,
                          simclr=cfg.loss.simclr_intra or cfg.loss.simclr_inter)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + dist.rank)
+    if state is not None:
+        _restore_rng(state["rng"], dist.rank, device, generator)
 
     def save(name: str) -> None:
+        rng = all_gather_objects(_rng_state(device, generator))  # every rank's, in rank order
         if not dist.is_master:
             return
-        rng = [torch.get_rng_state()]
         checkpoints.save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
-            "position": position, "best_map": best_map, "rng_cpu": rng,
+            "position": position, "best_map": best_map, "rng": rng,
         }, name)
         history.flush()
 
