@@ -31,7 +31,10 @@ dist.all_reduce(total)
 pid_file = Path(os.environ["PROBE_DIR"], f"pid-{rank}")
 pid_file.with_suffix(".tmp").write_text(str(os.getpid()))
 pid_file.with_suffix(".tmp").rename(pid_file)  # the test polls for complete files
-print(f"rank {rank}/{world} sum {total.item():g} args {' '.join(sys.argv[1:])}", flush=True)
+# One write per line (as logging does): the ranks share an unbuffered pipe, and print()'s
+# separate write of the newline would let the other rank's line slip in between.
+sys.stdout.write(f"rank {rank}/{world} sum {total.item():g} args {' '.join(sys.argv[1:])}\\n")
+sys.stdout.flush()
 if "--sleep" in sys.argv:
     time.sleep(600)
 if f"--fail-rank={rank}" in sys.argv:
