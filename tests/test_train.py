@@ -152,3 +152,37 @@ def test_tiny_preset_learns_well_above_chance(tmp_path) -> None:
     metrics = evaluate(cfg, str(tmp_path / "run" / "best.pt"), "test", str(tmp_path / "eval"))
     assert metrics["dialogs"] == 166
     assert metrics["R10@1"] > 0.2 and metrics["MAP"] > 0.4, metrics
+
+
+def test_the_cluster_path_reads_and_writes_only_s3(demo, s3_server, tmp_path) -> None:
+    """Teacher -> anchors -> training -> evaluation with every URI on the loopback S3 server,
+    as in a cluster (no local path is shared between the steps there)."""
+    from srs_core.emotion.anchors import build_anchors
+    from srs_core.emotion.teacher import train_teacher
+    from srs_core.sentiment import run_sentiment
+
+    data = store.join(s3_server, "data")
+    store.copy_tree(str(demo), data)
+    runs = store.join(s3_server, "runs")
+    cfg = load_config(preset="tiny", overrides=[
+        f"emotion.ser30k={data}/ser30k", "emotion.epochs=1", "emotion.k=2",
+    ])
+    train_teacher(cfg, f"{runs}/teacher")
+    teacher = f"{runs}/teacher/teacher.pth"
+    build_anchors(f"{data}/ser30k", teacher, 2, f"{runs}/anchors/anchors-k2",
+                  image_size=32, iterations=5)
+    run_sentiment(f"{data}/stickerchat/release_train.json", f"{runs}/sentiment/train.jsonl",
+                  workers=1)
+    cfg = load_config(preset="tiny", overrides=[
+        f"data.stickerchat={data}/stickerchat", f"data.sentiment={runs}/sentiment",
+        f"emotion.teacher={teacher}", f"emotion.anchors={runs}/anchors/anchors-k2.npy",
+        f"train.output={runs}/srs", "train.batch_size=4", "train.max_steps=2",
+    ])
+    assert train(cfg)["steps"] == 2
+    metrics = evaluate(cfg, f"{runs}/srs/best.pt", "test", f"{runs}/evaluate/test")
+    assert metrics["dialogs"] == 16
+    written = {o.relpath for o in store.list_objects(runs)}
+    assert {"teacher/metrics.json", "anchors/anchors-k2.npy", "sentiment/train.jsonl",
+            "srs/best.pt", "srs/checkpoints/latest.pt", "srs/history.jsonl",
+            "evaluate/test/metrics.json", "evaluate/test/scores.jsonl"} <= written
+    assert not any(".srs-tmp-" in name for name in written)  # no partial object left behind
