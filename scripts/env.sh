@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the entry scripts: create/refresh the project's virtualenv in .venv.
 # Re-installs only when pyproject.toml changed since the last install.
 set -euo pipefail
@@ -15,7 +16,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
   # torch first, pinned to the CPU-capable release served for Python 3.11 (timm needs torchvision).
   "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" >&2
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >&2
+  "$VENV/bin/python" -m pip install -q -e "${ROOT}[test]" >&2
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

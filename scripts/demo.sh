@@ -2,7 +2,8 @@
 # The main job: create the environment, make demo data, run the whole pipeline locally
 # (kfp.local: validate -> sentiment -> teacher -> anchors -> SRS training with 2 torchrun
 # processes -> evaluation) and print the test metrics as JSON.
-# Usage: bash scripts/run_demo.sh [DATA_DIR] [OUT_DIR] [--param NAME=VALUE ...]
+# Usage: bash scripts/demo.sh [DATA_DIR] [OUT_DIR] [--param NAME=VALUE ...]
+# shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
 DATA="${1:-demo/data}"
 OUT="${2:-demo/run}"
