@@ -114,6 +114,35 @@ def test_dataset_and_collate_shapes(demo: Path, tmp_path: Path) -> None:
     assert torch.allclose(plain["images"][0, 0], torch.tensor(expected[..., 0]).float(), atol=1e-4)
 
 
+def test_augmentations_depend_only_on_seed_epoch_and_dialog(demo: Path, tmp_path: Path) -> None:
+    """What makes a resumed run see the images an uninterrupted one saw, with any number of
+    loader workers and in any read order."""
+    import torch
+
+    root = str(demo / "stickerchat")
+    cache = build_sticker_cache(root, _sets(root), str(tmp_path / "c"), 16)
+    examples = load_examples(root, "train", cache)
+    dataset = SrsDataset(examples, cache, train=True, simclr=True, seed=7)
+    first = dataset[3]
+    dataset[4]  # another read in between changes nothing
+    again = SrsDataset(examples, cache, train=True, simclr=True, seed=7)[3]
+    assert torch.equal(first["images"], again["images"]) and torch.equal(first["views"],
+                                                                        again["views"])
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[3]["images"], first["images"])  # a new epoch, new crops
+    state = torch.get_rng_state()
+    dataset[3]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+
+    def images(workers: int) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=workers,
+                                             collate_fn=lambda items: torch.stack(
+                                                 [item["images"] for item in items]))
+        return torch.cat(list(loader))
+
+    assert torch.equal(images(0), images(2))
+
+
 def test_sampler_shards_resume_without_repeats() -> None:
     full = []
     for rank in range(2):

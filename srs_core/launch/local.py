@@ -144,13 +144,27 @@ class LocalTorchrun:
         # own traceback and a "Root Cause" table; the workers' output comes before it.
         cut = next((i for i, line in enumerate(lines) if "failed (exitcode:" in line
                     or "ChildFailedError" in line), len(lines))
-        cause = [line.strip() for line in lines[cut:]
-                 if line.strip().startswith(("rank ", "exitcode ", "error_file"))]
+        cause = _failed_ranks(lines[cut:])
         shown = lines[:cut][-20:]
-        text = f" ({'; '.join(' '.join(c.split()) for c in cause)})" if cause else ""
+        text = f" ({'; '.join(cause)})" if cause else ""
         if shown:
             text += "; last output:\n  " + "\n  ".join(shown)
         return text
+
+
+def _failed_ranks(report: list[str]) -> list[str]:
+    """``rank : N ...; exitcode : C ...`` of each failed worker in torchrun's failure table,
+    the workers torchrun stopped itself (SIGTERM, -15) last: its "root cause" is the earliest
+    failure by whole seconds, so a worker it stopped in the same second can be named instead
+    of the one that failed."""
+    entries: list[list[str]] = []
+    for line in (" ".join(raw.split()) for raw in report):
+        if line.startswith("rank "):
+            entries.append([line])
+        elif line.startswith(("exitcode ", "error_file")) and entries:
+            entries[-1].append(line)
+    unique = list(dict.fromkeys("; ".join(entry) for entry in entries))
+    return sorted(unique, key=lambda entry: "exitcode : -15 " in entry)
 
 
 def run_local(train_args: list[str], nproc: int, env: dict[str, str] | None = None,

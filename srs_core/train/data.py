@@ -110,16 +110,26 @@ def simclr_transform(size: int) -> v2.Compose:
 
 
 class SrsDataset(torch.utils.data.Dataset):
-    """Candidates of each dialog as augmented image tensors (no tokenisation here)."""
+    """Candidates of each dialog as augmented image tensors (no tokenisation here).
+
+    A dialog's augmentations are a function of ``(seed, epoch, index)`` alone, not of the
+    loader's workers or the order of reads, so a resumed run sees exactly the images an
+    uninterrupted one would (call :meth:`set_epoch` before each epoch's loader).
+    """
 
     def __init__(
-        self, examples: Sequence[Example], cache: StickerCache, train: bool, simclr: bool
+        self, examples: Sequence[Example], cache: StickerCache, train: bool, simclr: bool,
+        seed: int = 0,
     ) -> None:
         self.examples = examples
         self.cache = cache
         size = cache.image_size
         self.transform = train_transform(size) if train else eval_transform()
         self.simclr = simclr_transform(size) if (train and simclr) else None
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -127,16 +137,20 @@ class SrsDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         raw = torch.from_numpy(gather(self.cache, example.rows)).permute(0, 3, 1, 2)
-        item = {
-            "images": torch.stack([self.transform(img) for img in raw]),  # [C, 3, S, S]
-            "utterances": example.utterances,
-            "text_polarity": torch.tensor(example.polarity, dtype=torch.float32),
-            "index": index,
-        }
-        if self.simclr is not None:
-            item["views"] = torch.stack([
-                torch.stack([self.simclr(img) for img in raw]) for _ in range(2)
-            ])  # [2, C, 3, S, S]
+        sample_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
+        # torchvision's transforms draw from the global RNG: seed it for this dialog only.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(sample_seed[0]) << 32 | int(sample_seed[1]))
+            item = {
+                "images": torch.stack([self.transform(img) for img in raw]),  # [C, 3, S, S]
+                "utterances": example.utterances,
+                "text_polarity": torch.tensor(example.polarity, dtype=torch.float32),
+                "index": index,
+            }
+            if self.simclr is not None:
+                item["views"] = torch.stack([
+                    torch.stack([self.simclr(img) for img in raw]) for _ in range(2)
+                ])  # [2, C, 3, S, S]
         return item
 
 
