@@ -138,20 +138,20 @@ def test_ddp_run_killed_mid_epoch_resumes_and_finishes(demo, tmp_path) -> None:
 
 def test_tiny_preset_learns_well_above_chance(tmp_path) -> None:
     """The learnable signal of the demo data reaches the selector: test R10@1 far above the
-    1/10 of chance. SimCLR and distillation are off to keep this under two minutes on 2 CPU
-    cores (the ablation test above runs them; the demo runs everything)."""
+    1/10 of chance (about 2.5 minutes on 2 CPU cores; distillation is off, it needs a trained
+    teacher, and the demo runs it)."""
     data = tmp_path / "data"
     synthesize(data, seed=3, dialogs=1000, sets=30, images=70, image_size=32)
     cfg = load_config(preset="tiny", overrides=[
         f"data.stickerchat={data / 'stickerchat'}", f"train.output={tmp_path / 'run'}",
-        "train.batch_size=16", "train.epochs=12", "train.lr=1e-3", "loss.emotion=false",
-        "loss.simclr_intra=false", "loss.simclr_inter=false",
+        "train.epochs=5", "train.lr=1e-3", "train.min_lr=1e-4", "loss.emotion=false",
     ])
     summary = train(cfg)
-    assert summary["best_val_MAP"] > 0.4  # chance: mean of 1/rank over 10 ranks = 0.293
+    assert summary["best_val_MAP"] > 0.45  # chance: mean of 1/rank over 10 ranks = 0.293
     metrics = evaluate(cfg, str(tmp_path / "run" / "best.pt"), "test", str(tmp_path / "eval"))
     assert metrics["dialogs"] == 166
-    assert metrics["R10@1"] > 0.2 and metrics["MAP"] > 0.4, metrics
+    # measured here: R10@1 0.470, MAP 0.658 (chance 0.1 and 0.293)
+    assert metrics["R10@1"] > 0.25 and metrics["MAP"] > 0.45, metrics
 
 
 def test_the_cluster_path_reads_and_writes_only_s3(demo, s3_server, tmp_path) -> None:
