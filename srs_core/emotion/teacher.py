@@ -113,23 +113,20 @@ def load_teacher(uri: str, device: torch.device | str) -> torch.nn.Module:
     (e.g. the authors' ``ResNet50_SER30K.pth``): its ``fc.*`` classifier is dropped, reported.
     Every backbone tensor must be present with its shape.
     """
+    from srs_core.model.loaders import LoadReport, load_checked
+
     model = create_teacher_model(num_classes=0)
     state = _timm_state_dict(uri)
     classifier = sorted(k for k in state if k.startswith("fc."))
-    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = model.state_dict()
-    problems = [f"missing {k}" for k in own if k not in backbone]
-    problems += [f"unexpected {k}" for k in backbone if k not in own]
-    problems += [f"{k} has shape {list(getattr(v, 'shape', []))}, expected {list(own[k].shape)}"
-                 for k, v in backbone.items()
-                 if k in own and tuple(getattr(v, "shape", ())) != tuple(own[k].shape)]
-    if problems:
-        raise ConfigError(
-            f"{uri}: not a teacher backbone ({len(problems)} problem(s): "
-            f"{'; '.join(problems[:4])}); give the teacher.pth written by `srs emotion train` "
-            "or a timm resnet50 state dict"
-        )
-    model.load_state_dict(backbone, strict=True)
+    backbone = {k: (k, v) for k, v in state.items() if not k.startswith("fc.")}
+    hint = "give the teacher.pth written by `srs emotion train` or a timm resnet50 state dict"
+    report = LoadReport(uri)
+    try:
+        load_checked(model, backbone, report)
+    except ConfigError as exc:  # a shape mismatch
+        raise ConfigError(f"{uri}: not a teacher backbone ({exc}); {hint}") from None
+    if report.missing or report.unexpected:
+        raise ConfigError(f"{uri}: not a teacher backbone ({report}); {hint}")
     if classifier:
         log.info("teacher %s: dropped the classifier %s (features come from the pool)", uri,
                  classifier)

@@ -7,7 +7,8 @@
   the fusion layers' self-attention and feed-forward; their cross-attention stays random and
   is listed as missing.
 
-Both return a :class:`LoadReport` and raise :class:`ConfigError` on a shape mismatch.
+Both return a :class:`LoadReport` and raise :class:`ConfigError` on a shape mismatch;
+:func:`load_checked` is the shared step (the emotion teacher's loader uses it too).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _model_state(checkpoint: Mapping) -> Mapping[str, torch.Tensor]:
     return inner if isinstance(inner, Mapping) else checkpoint
 
 
-def _load(
+def load_checked(
     module: nn.Module,
     mapped: dict[str, tuple[str, torch.Tensor]],
     report: LoadReport,
@@ -73,9 +74,10 @@ def _load(
         if key not in target:
             report.unexpected.append(source_key)
             continue
-        if tuple(value.shape) != tuple(target[key].shape):
+        if tuple(getattr(value, "shape", ())) != tuple(target[key].shape):
             raise ConfigError(
-                f"{report.source}: checkpoint key {source_key!r} has shape {list(value.shape)} "
+                f"{report.source}: checkpoint key {source_key!r} has shape "
+                f"{list(getattr(value, 'shape', []))} "
                 f"but the model's {key!r} has shape {list(target[key].shape)}; make the model "
                 "config (widths, depths, vocab_size, max_position, patch_size) match the "
                 "checkpoint"
@@ -113,7 +115,7 @@ def load_albef_vision(model: nn.Module, checkpoint: Mapping) -> LoadReport:
                 pos_embed, vision.patch_embed.num_patches, vision.num_prefix_tokens
             )
             mapped["pos_embed"] = (key, resized)
-    return _load(vision, mapped, report)
+    return load_checked(vision, mapped, report)
 
 
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.+)")
@@ -155,4 +157,4 @@ def load_bert_text(model: nn.Module, checkpoint: Mapping) -> LoadReport:
             "the text checkpoint has no BERT keys ('bert.embeddings.*', 'bert.encoder.layer.*'); "
             "expected a Hugging Face bert-base-chinese state dict"
         )
-    return _load(model, mapped, report, scope=("text.", "fusion."))
+    return load_checked(model, mapped, report, scope=("text.", "fusion."))
