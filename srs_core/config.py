@@ -61,6 +61,8 @@ class ModelConfig:
     vision_init: str = ""  # URI of ALBEF.pth ("" = random init)
     text_init: str = ""  # URI of a Hugging Face bert-base-chinese directory ("" = random init)
     vocab: str = ""  # URI of vocab.txt ("" = <text_init>/vocab.txt, else built from the data)
+    # bert-base-chinese is cased; <text_init>/tokenizer_config.json's do_lower_case wins
+    lowercase: bool = False
 
 
 @dataclass
@@ -71,6 +73,12 @@ class LossConfig:
     itm: bool = True
     hard_mining: bool = True  # off: negatives drawn uniformly
     polarity: bool = True  # polarity affinity in hard mining
+    # paper: text->image draws use the raw cosine, image->text cosine/temperature (the
+    # authors' code); temperature: both divided by the temperature (an ablation)
+    hard_negative_scale: str = "paper"
+    # The authors' PBR code never clamps the learnable temperature; ALBEF clamped it to
+    # [0.001, 0.5] every step (true = ALBEF's behaviour).
+    clamp_temperature: bool = False
     simclr_intra: bool = True
     simclr_inter: bool = True
     emotion: bool = True
@@ -87,9 +95,23 @@ class TrainConfig:
     epochs: int = 5
     warmup_epochs: float = 1.0
     batch_size: int = 4  # dialogs per process
+    # Dialogs per optimizer step over all processes; 0 = batch_size x processes. When set, a
+    # run on another number of processes is refused. The paper's is 8 (2 GPUs x 4).
+    global_batch_size: int = 0
     lr: float = 1e-4
     min_lr: float = 1e-5
+    warmup_lr: float = 1e-5  # the `paper` schedule's warm-up rate
+    # paper: the authors' epoch-wise timm cosine (warmup_lr for the first
+    # warmup_step_iterations iterations, one value per epoch after); cosine_per_step: linear
+    # warm-up over warmup_epochs, then a per-step cosine
+    lr_schedule: str = "paper"
+    warmup_step_iterations: int = 100
+    # none | linear | sqrt: scale lr, min_lr and warmup_lr by (global batch / 8) or its root
+    lr_scaling: str = "none"
     weight_decay: float = 0.02
+    # paper: decay everything but 1-d parameters and biases (the authors' optimizer);
+    # exempt_embeddings: also spare the temperature, cls token and position embeddings
+    weight_decay_rule: str = "paper"
     grad_clip: float = 5.0
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
     log_every: int = 20
@@ -122,8 +144,13 @@ class EmotionConfig:
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
     batch_size: int = 32  # dialogs per scoring batch
+    # strict (ours): checkpoint selected on val MAP, the positive never twice among the
+    # candidates, ties ranked against it. paper: the authors' protocol, selection on *test*
+    # MAP evaluated paper_evals_per_epoch times per epoch (for comparisons with their tables).
+    # `srs evaluate` always reports both protocols.
+    protocol: str = "strict"
+    paper_evals_per_epoch: int = 8
 
 
 @dataclass
@@ -165,10 +192,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"max_text_tokens": 128},
         "train": {
             "epochs": 3,
-            "warmup_epochs": 0.5,
             "batch_size": 8,
             "lr": 5e-4,
             "min_lr": 5e-5,
+            "warmup_lr": 5e-5,
+            "warmup_step_iterations": 20,
             "checkpoint_every": 50,
             "log_every": 10,
             "num_workers": 0,
@@ -190,7 +218,11 @@ _VALID_CHOICES = {
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("emotion", "precision"): ("auto", "fp32", "bf16"),
     ("emotion", "kmeans_backend"): ("auto", "kmcuda", "cpu"),
-    ("eval", "split"): ("val", "test"),
+    ("loss", "hard_negative_scale"): ("paper", "temperature"),
+    ("train", "weight_decay_rule"): ("paper", "exempt_embeddings"),
+    ("train", "lr_schedule"): ("paper", "cosine_per_step"),
+    ("train", "lr_scaling"): ("none", "linear", "sqrt"),
+    ("eval", "protocol"): ("strict", "paper"),
 }
 
 

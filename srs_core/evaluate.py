@@ -119,24 +119,56 @@ def score_examples_naive(
     return Scores(np.stack(itm), np.stack(ita))
 
 
-def summarize(scores: Scores) -> dict[str, float]:
+def summarize(scores: Scores, ties: str = "against") -> dict[str, float]:
     """Protocol metrics from the ITM scores, plus the ITA-only ranking's metrics."""
-    metrics = rank_metrics(scores.itm)
-    metrics.update({f"ITA_{k}": v for k, v in rank_metrics(scores.ita).items()})
+    metrics = rank_metrics(scores.itm, ties=ties)
+    metrics.update({f"ITA_{k}": v for k, v in rank_metrics(scores.ita, ties=ties).items()})
     metrics["dialogs"] = float(len(scores.itm))
     return metrics
 
 
+# What each protocol is, as metrics.json states it next to the numbers.
+PROTOCOLS = {
+    "strict": "ours: the positive never twice among the 10 candidates, ties ranked against "
+              "it, answers missing from their set's mapping skipped; select on val",
+    "paper": "the authors' code: the positive plus the first 9 stickers of its set's mapping "
+             "(the positive can appear twice), ties ranked in its favour, answers missing from "
+             "the mapping kept; they selected on test",
+}
+TIES = {"strict": "against", "paper": "favour"}
+
+
+def score_protocols(
+    model, examples: dict[str, Sequence[Example]], cache: StickerCache, tokenize: Tokenize,
+    device: torch.device, batch_size: int = 32, progress: bool = True,
+) -> dict[str, Scores]:
+    """Scores of each protocol's examples in one pass (a set's stickers are encoded once)."""
+    names = list(examples)
+    everything = [ex for name in names for ex in examples[name]]
+    scores = score_examples(model, everything, cache, tokenize, device, batch_size, progress)
+    out, start = {}, 0
+    for name in names:
+        end = start + len(examples[name])
+        out[name] = Scores(scores.itm[start:end], scores.ita[start:end])
+        start = end
+    return out
+
+
 def write_scores(
-    out_uri: str, examples: Sequence[Example], scores: Scores, cache: StickerCache
+    out_uri: str, examples: Sequence[Example], scores: Scores, cache: StickerCache,
+    name: str = "scores.jsonl",
 ) -> None:
     """``scores.jsonl``: one line per dialog with its candidates and both scores."""
+    extra_ids = {row: sticker for (_, sticker), row in cache.extras.items()}
+
     def candidate(row: int, set_id: int) -> list:
         if row == PAD_ROW:
             return [set_id, None]
+        if row in extra_ids:
+            return [set_id, extra_ids[row]]
         return [set_id, cache.sets[set_id][row - cache.offsets[set_id]]]
 
-    with store.open_write(store.join(out_uri, "scores.jsonl")) as handle:
+    with store.open_write(store.join(out_uri, name)) as handle:
         for example, itm, ita in zip(examples, scores.itm, scores.ita, strict=True):
             record = {
                 "line": example.line,
@@ -149,21 +181,40 @@ def write_scores(
 
 
 def evaluate(cfg, checkpoint_uri: str, split: str, out_uri: str) -> dict[str, float]:
-    """Score a split with a trained checkpoint; writes ``metrics.json`` and ``scores.jsonl``."""
+    """Score a split with a trained checkpoint under both protocols.
+
+    Writes ``metrics.json`` (``metrics``: strict, ``paper``: the authors' protocol, each
+    labelled), ``scores.jsonl`` (strict) and ``scores_paper.jsonl``. Returns the strict
+    metrics with the paper protocol's as ``paper_<name>``.
+    """
+    from srs_core.data.report import Report
+    from srs_core.train.data import load_examples
     from srs_core.train.session import open_for_inference
 
     started = time.time()
     session = open_for_inference(cfg, checkpoint_uri, split)
-    scores = score_examples(
-        session.model, session.examples, session.cache, session.tokenize, session.device,
-        batch_size=cfg.eval.batch_size,
+    paper_report = Report()
+    paper_examples = load_examples(cfg.data.stickerchat, split, session.cache, None,
+                                   cfg.data.max_dialogs, paper_report, protocol="paper")
+    scores = score_protocols(
+        session.model, {"strict": session.examples, "paper": paper_examples}, session.cache,
+        session.tokenize, session.device, batch_size=cfg.eval.batch_size,
     )
-    metrics = summarize(scores)
+    metrics = summarize(scores["strict"], TIES["strict"])
+    paper = summarize(scores["paper"], TIES["paper"])
     metrics["seconds"] = round(time.time() - started, 3)
-    metrics["dialogs_per_s"] = round(len(session.examples) / max(metrics["seconds"], 1e-9), 2)
-    write_scores(out_uri, session.examples, scores, session.cache)
-    payload = {"split": split, "checkpoint": checkpoint_uri, "metrics": metrics,
-               "skipped": session.report.as_dict()}
+    scored = len(session.examples) + len(paper_examples)
+    metrics["dialogs_per_s"] = round(scored / max(metrics["seconds"], 1e-9), 2)
+    write_scores(out_uri, session.examples, scores["strict"], session.cache)
+    write_scores(out_uri, paper_examples, scores["paper"], session.cache, "scores_paper.jsonl")
+    payload = {
+        "split": split, "checkpoint": checkpoint_uri, "protocol": PROTOCOLS["strict"],
+        "metrics": metrics, "skipped": session.report.as_dict(),
+        "paper": {"protocol": PROTOCOLS["paper"], "metrics": paper,
+                  "skipped": paper_report.as_dict()},
+    }
     store.write_text(store.join(out_uri, "metrics.json"), json.dumps(payload, indent=2))
-    log.info("%s metrics: %s", split, {k: round(v, 4) for k, v in metrics.items()})
-    return metrics
+    log.info("%s metrics (strict): %s", split, {k: round(v, 4) for k, v in metrics.items()})
+    log.info("%s metrics (paper protocol): %s", split,
+             {k: round(v, 4) for k, v in paper.items()})
+    return {**metrics, **{f"paper_{k}": v for k, v in paper.items() if not k.startswith("ITA_")}}

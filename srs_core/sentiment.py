@@ -34,7 +34,7 @@ from typing import Any
 
 from srs_core import store
 from srs_core.data.report import DataProblem, Report
-from srs_core.data.stickerchat import SPLITS, Dialog, iter_dialogs
+from srs_core.data.stickerchat import SPLITS, Dialog, iter_dialogs, utterance_text
 from srs_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _score_chunk(task: dict[str, Any]) -> dict[str, Any]:
     for line, utterances in task["dialogs"]:
         scored, pos, neg = [], 0.0, 0.0
         for position, (message_id, raw) in enumerate(utterances):
-            text = "".join(raw.split())
+            text = utterance_text(raw)
             if not text:
                 where = f"{task['source']}:{line}"
                 detail = f"context[{position}] id={message_id} has no text"

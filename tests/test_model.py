@@ -129,11 +129,13 @@ def test_a_single_dialog_batch_trains(cfg, model: SrsModel) -> None:
     assert torch.isfinite(out["loss"])
 
 
-def test_temperature_is_clamped(cfg, model: SrsModel) -> None:
+def test_temperature_is_clamped_only_when_asked(cfg, model: SrsModel) -> None:
     with torch.no_grad():
         model.temperature.fill_(3.0)
     model(_batch(cfg), torch.randn(B, C, 7 * K), LossConfig())
-    assert model.temperature.item() == pytest.approx(0.5)
+    assert model.temperature.item() == 3.0  # the authors' PBR code never clamps
+    model(_batch(cfg), torch.randn(B, C, 7 * K), LossConfig(clamp_temperature=True))
+    assert model.temperature.item() == pytest.approx(0.5)  # ALBEF's range
 
 
 def test_misconfigured_batches_are_explained(cfg, model: SrsModel) -> None:
@@ -151,17 +153,23 @@ def test_misconfigured_batches_are_explained(cfg, model: SrsModel) -> None:
 
 
 def test_param_groups(model: SrsModel) -> None:
-    decay, no_decay = param_groups(model, 0.02)
-    assert decay["weight_decay"] == 0.02 and no_decay["weight_decay"] == 0.0
-    ids = [id(p) for group in (decay, no_decay) for p in group["params"]]
-    assert sorted(ids) == sorted(id(p) for p in model.parameters())
-    no_decay_ids = {id(p) for p in no_decay["params"]}
-    for param in (model.temperature, model.vision.pos_embed, model.vision.cls_token,
-                  model.vision_proj.bias, model.text.layer[0].output.LayerNorm.weight,
-                  model.simclr_projector[1].weight):
-        assert id(param) in no_decay_ids
-    assert id(model.vision_proj.weight) not in no_decay_ids
-    assert id(model.text.embeddings.word_embeddings.weight) not in no_decay_ids
+    embeddings = (model.temperature, model.vision.pos_embed, model.vision.cls_token)
+    for rule in ("paper", "exempt_embeddings"):
+        decay, no_decay = param_groups(model, 0.02, rule)
+        assert decay["weight_decay"] == 0.02 and no_decay["weight_decay"] == 0.0
+        ids = [id(p) for group in (decay, no_decay) for p in group["params"]]
+        assert sorted(ids) == sorted(id(p) for p in model.parameters())
+        no_decay_ids = {id(p) for p in no_decay["params"]}
+        for param in (model.vision_proj.bias, model.text.layer[0].output.LayerNorm.weight,
+                      model.simclr_projector[1].weight):
+            assert id(param) in no_decay_ids
+        assert id(model.vision_proj.weight) not in no_decay_ids
+        assert id(model.text.embeddings.word_embeddings.weight) not in no_decay_ids
+        # The authors' add_weight_decay spares only 1-d tensors and biases: the 0-d temperature,
+        # cls token and position embeddings are decayed there.
+        exempt = {id(p) in no_decay_ids for p in embeddings}
+        assert exempt == ({True} if rule == "exempt_embeddings" else {False})
+    assert param_groups(model, 0.02) == param_groups(model, 0.02, "paper")
 
 
 def test_sync_batchnorm_only_on_gpu(model: SrsModel) -> None:
@@ -198,14 +206,15 @@ def test_flop_formula_matches_torch_counter(cfg, model: SrsModel) -> None:
 def test_vocab_covers_the_texts_and_matches_transformers(tmp_path: Path) -> None:
     from transformers import BertTokenizer
 
-    texts = ["我 正在 用 大 套子", "Hello 世界 2024!", "哈哈😀"]
-    size = build_vocab(texts, tmp_path / "vocab.txt")
-    tokenizer = load_tokenizer(tmp_path / "vocab.txt")
-    assert len(tokenizer) == size
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    assert all(tokenizer.unk_token_id not in row for row in ids)
-    reference = BertTokenizer.from_pretrained(str(tmp_path))  # the directory with vocab.txt
-    assert ids == reference(texts, add_special_tokens=False)["input_ids"]
+    texts = ["我 正在 用 大 套子", "Hello 世界 2024!", "哈哈😀", "Café OK"]
+    for lowercase in (False, True):
+        size = build_vocab(texts, tmp_path / "vocab.txt", lowercase=lowercase)
+        tokenizer = load_tokenizer(tmp_path / "vocab.txt", lowercase=lowercase)
+        assert len(tokenizer) == size
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        assert all(tokenizer.unk_token_id not in row for row in ids)
+        reference = BertTokenizer.from_pretrained(str(tmp_path), do_lower_case=lowercase)
+        assert ids == reference(texts, add_special_tokens=False)["input_ids"]
 
 
 def test_contexts_are_cls_utterances_and_seps(tmp_path: Path) -> None:

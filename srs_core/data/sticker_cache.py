@@ -9,7 +9,11 @@ Layout under the cache URI::
 
     stickers.npy   uint8 [N, S, S, 3]; row 0 is the gray (127) padding image
     index.json     {"image_size": S, "source": ..., "sets": {"<set_id>": [sticker ids]},
-                    "offsets": {"<set_id>": first row of the set}, "skipped": {...}}
+                    "offsets": {"<set_id>": first row of the set}, "skipped": {...},
+                    "extras": [[set_id, sticker_id, row], ...], "extras_missing": [...]}
+
+``extras`` are answers that exist as ``.npy`` files but are missing from their set's
+``emoji_mapping.txt``: the authors' protocol (``eval.protocol=paper``) keeps their dialogs.
 
 ``index.json`` is written last, so a cache with an index is complete; an interrupted build is
 simply redone.
@@ -22,7 +26,7 @@ import logging
 import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +40,8 @@ from srs_core.errors import DataError
 log = logging.getLogger(__name__)
 
 PAD_ROW = 0
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PROTOCOLS = ("strict", "paper")
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -54,6 +59,7 @@ class StickerCache:
     images: np.ndarray  # [N, S, S, 3] uint8 (memory-mapped)
     sets: dict[int, list[int]]  # set id -> sticker ids in emoji_mapping order
     offsets: dict[int, int]  # set id -> row of its first sticker
+    extras: dict[tuple[int, int], int] = field(default_factory=dict)  # (set, sticker) -> row
 
     @property
     def image_size(self) -> int:
@@ -69,14 +75,34 @@ class StickerCache:
         except ValueError:
             raise DataError(f"sticker {sticker_id} is not in set {set_id}") from None
 
-    def candidate_rows(self, set_id: int, sticker_id: int, n: int = 10) -> list[int]:
-        """Rows of the candidates (positive first; PAD_ROW where the set is too small)."""
+    def candidate_rows(
+        self, set_id: int, sticker_id: int, n: int = 10, protocol: str = "strict"
+    ) -> list[int]:
+        """Rows of the candidates (positive first; PAD_ROW where the set is too small).
+
+        ``strict``: :func:`build_candidates`. ``paper`` (the authors' code): the positive, then
+        the first ``n - 1`` stickers of the set's mapping *including the positive* when it is
+        among them; an answer missing from the mapping is kept when its image was cached.
+        """
         if set_id not in self.sets:
             raise DataError(f"sticker set {set_id} is not in the sticker cache")
-        ids = build_candidates(sticker_id, self.sets[set_id], n)
         start = self.offsets[set_id]
-        positions = {sid: i for i, sid in enumerate(self.sets[set_id])}
-        return [PAD_ROW if sid is None else start + positions[sid] for sid in ids]
+        positions: dict[int, int] = {}
+        for i, sid in enumerate(self.sets[set_id]):
+            positions.setdefault(sid, i)  # the authors read the mapping into a dict
+        if protocol == "strict":
+            ids = build_candidates(sticker_id, self.sets[set_id], n)
+            return [PAD_ROW if sid is None else start + positions[sid] for sid in ids]
+        if protocol != "paper":
+            raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+        if sticker_id in positions:
+            positive = start + positions[sticker_id]
+        elif (set_id, sticker_id) in self.extras:
+            positive = self.extras[(set_id, sticker_id)]
+        else:
+            raise DataError(f"sticker {sticker_id} is not in set {set_id} and has no image")
+        negatives = [start + i for i in positions.values()][: n - 1]
+        return [positive, *negatives, *[PAD_ROW] * (n - 1 - len(negatives))]
 
 
 def _decode_set(
@@ -93,18 +119,45 @@ def _decode_set(
     return problems
 
 
-def _cache_is_current(cache_uri: str, root: str, image_size: int, wanted: list[int]) -> bool:
+def _cache_is_current(
+    cache_uri: str, root: str, image_size: int, wanted: list[int], answers: set[tuple[int, int]]
+) -> bool:
     index_uri = store.join(cache_uri, "index.json")
     if not store.exists(index_uri):
         return False
     index = json.loads(store.read_text(index_uri))
+    if index.get("version") != FORMAT_VERSION:
+        return False
     known = {int(s) for s in index["sets"]} | {int(s) for s in index.get("skipped", {})}
+    orders = {int(k): set(v) for k, v in index["sets"].items()}
+    extras = {(int(a), int(b)) for a, b, *_ in index["extras"] + index["extras_missing"]}
+    unresolved = {
+        (a, b) for a, b in answers if a in orders and b not in orders[a] and (a, b) not in extras
+    }
     return (
-        index.get("version") == FORMAT_VERSION
-        and index.get("image_size") == image_size
+        index.get("image_size") == image_size
         and index.get("source") == root
         and set(wanted) <= known
+        and not unresolved
     )
+
+
+def _decode_extras(
+    root: str, answers: Iterable[tuple[int, int]], orders: dict[int, list[int]], report: Report
+) -> tuple[list[tuple[int, int, np.ndarray]], list[tuple[int, int]]]:
+    """Images of answers missing from their (usable) set's mapping; unreadable ones listed."""
+    found, missing = [], []
+    members = {set_id: set(order) for set_id, order in orders.items()}
+    for set_id, sticker_id in sorted(set(answers)):
+        if set_id not in members or sticker_id in members[set_id]:
+            continue
+        try:
+            found.append((set_id, sticker_id, load_sticker(root, set_id, sticker_id)))
+        except DataError as exc:
+            # Not a skip here: the dialog is counted when its split is read.
+            report.add("answer_image_missing", f"npy_stickers/{set_id}", str(exc), skipped=False)
+            missing.append((set_id, sticker_id))
+    return found, missing
 
 
 def build_sticker_cache(
@@ -114,17 +167,21 @@ def build_sticker_cache(
     image_size: int,
     report: Report | None = None,
     workers: int = 8,
+    answers: Iterable[tuple[int, int]] = (),
 ) -> StickerCache:
     """Decode every sticker of ``set_ids`` into ``cache_uri`` unless a matching cache is there.
 
     Sets that cannot be read (missing mapping, a broken sticker) are skipped and counted in
-    ``report``; their dialogs are skipped later. Memory stays bounded: images are decoded
-    straight into a memory-mapped file.
+    ``report``; their dialogs are skipped later. ``answers`` are the dialogs' (set, sticker)
+    pairs: those missing from their set's mapping are decoded too (rows after the sets) for
+    the authors' protocol. Memory stays bounded: images are decoded straight into a
+    memory-mapped file.
     """
     from tqdm import tqdm
 
     wanted = sorted(set(set_ids))
-    if _cache_is_current(cache_uri, stickerchat_root, image_size, wanted):
+    answers = set(answers)
+    if _cache_is_current(cache_uri, stickerchat_root, image_size, wanted, answers):
         log.info("reusing sticker cache %s", cache_uri)
         return load_sticker_cache(cache_uri)
     report = report if report is not None else Report()
@@ -141,12 +198,19 @@ def build_sticker_cache(
         offsets[set_id], row = row, row + len(order)
     if len(orders) == 0:
         raise DataError(f"no usable sticker set under {stickerchat_root}/npy_stickers")
+    extra_images, extras_missing = _decode_extras(stickerchat_root, answers, orders, report)
+    extras = []
+    for set_id, sticker_id, _ in extra_images:
+        extras.append([set_id, sticker_id, row])
+        row += 1
     with tempfile.TemporaryDirectory(dir=store.cache_root()) as tmp:
         local = Path(tmp) / "stickers.npy"
         images = np.lib.format.open_memmap(
             local, mode="w+", dtype=np.uint8, shape=(row, image_size, image_size, 3)
         )
         images[PAD_ROW] = GRAY
+        for (*_, extra_row), (*_, image) in zip(extras, extra_images, strict=True):
+            images[extra_row] = resize_square(image, image_size)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             jobs = {
                 set_id: pool.submit(
@@ -174,6 +238,8 @@ def build_sticker_cache(
         "sets": {str(k): v for k, v in orders.items()},
         "offsets": {str(k): v for k, v in offsets.items()},
         "skipped": skipped,
+        "extras": [e for e in extras if e[0] in orders],
+        "extras_missing": [list(pair) for pair in extras_missing],
     }
     store.write_text(store.join(cache_uri, "index.json"), json.dumps(index))
     log.info("sticker cache %s: %d sets, %d skipped", cache_uri, len(orders), len(skipped))
@@ -190,7 +256,8 @@ def load_sticker_cache(cache_uri: str) -> StickerCache:
                      allow_pickle=False)
     sets = {int(k): [int(x) for x in v] for k, v in index["sets"].items()}
     offsets = {int(k): int(v) for k, v in index["offsets"].items()}
-    return StickerCache(images, sets, offsets)
+    extras = {(int(a), int(b)): int(r) for a, b, r in index.get("extras", [])}
+    return StickerCache(images, sets, offsets, extras)
 
 
 def gather(cache: StickerCache, rows: Sequence[int]) -> np.ndarray:

@@ -66,9 +66,12 @@ class Dialog:
 
 
 def utterance_text(utterance: Utterance | str) -> str:
-    """The utterance with the word-separating spaces removed (input of sentiment/tokeniser)."""
+    """The one whitespace rule, for the tokenizer and for sentiment alike: the authors'
+    ``text.strip().replace(" ", "")`` -- surrounding whitespace and the word-separating spaces
+    go, other whitespace inside (tabs, newlines, U+3000) stays. "" means an empty utterance,
+    which is left out of the model's text (no ``[SEP]`` of its own) and not scored."""
     text = utterance if isinstance(utterance, str) else utterance.text
-    return "".join(text.split())
+    return text.strip().replace(" ", "")
 
 
 def dialog_uri(root: str, split: str) -> str:

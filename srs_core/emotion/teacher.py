@@ -134,6 +134,21 @@ def load_teacher(uri: str, device: torch.device | str) -> torch.nn.Module:
     return model.eval().to(device)
 
 
+@torch.no_grad()
+def emotion_targets(
+    teacher: torch.nn.Module, anchors: torch.Tensor, images: torch.Tensor
+) -> torch.Tensor:
+    """Distillation targets ``e @ A.T`` ``[B, C, 7K]`` of candidate images ``[B, C, 3, S, S]``.
+
+    Always float32, also inside a bf16 autocast region: the targets reach magnitudes of
+    several hundred, where bf16's spacing (2-4) would move the softmax's most likely anchor.
+    """
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        features = teacher(images.flatten(0, 1).float()).float()  # [B*C, 2048]
+        logits = features @ anchors.float().T
+    return logits.view(*images.shape[:2], -1)
+
+
 # ----------------------------------------------------------------------------- metrics
 
 

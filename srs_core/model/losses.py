@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from srs_core.config import EMOTIONS, NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS, LossConfig
 
 POLARITY_EPS = 1e-4  # DESIGN.md: p_t = [pos, neg] / (pos + neg + 1e-4)
+HARD_NEGATIVE_SCALES = ("paper", "temperature")
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +98,31 @@ def polarity_affinity(query: torch.Tensor, candidates: torch.Tensor) -> torch.Te
     """``softmax_j(2 - ||query_i - candidates_j||_1)``: ``[N, 2] x [M, 2] -> [N, M]``."""
     distance = (query.float()[:, None, :] - candidates.float()[None, :, :]).abs().sum(dim=-1)
     return (2 - distance).softmax(dim=-1)
+
+
+def mining_similarities(
+    text_feat: torch.Tensor,
+    image_feat: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: torch.Tensor | float,
+    scale: str = "paper",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarity logits of hard-negative sampling: text->image ``[B, B*C]``, image->text
+    ``[B, B]`` (normalised ``text_feat [B, E]``, ``image_feat [B*C, E]``, ``positive [B]``
+    flat indices of the positive images).
+
+    ``paper`` (the authors' code): text->image uses the raw cosine, image->text the cosine
+    divided by the temperature. ``temperature``: both divided by it (a much peakier draw in
+    which the polarity affinity hardly counts).
+    """
+    if scale not in HARD_NEGATIVE_SCALES:
+        raise ValueError(f"hard-negative scale {scale!r} is not one of {HARD_NEGATIVE_SCALES}")
+    text_feat, image_feat = text_feat.float(), image_feat.float()
+    t2i = text_feat @ image_feat.T
+    i2t = image_feat[positive] @ text_feat.T / temperature
+    if scale == "temperature":
+        t2i = t2i / temperature
+    return t2i, i2t
 
 
 def negative_weights(

@@ -27,6 +27,7 @@ from srs_core.model.losses import (
     image_polarity,
     ita_loss,
     itm_loss,
+    mining_similarities,
     nt_xent,
     polarity_affinity,
     sample_hard_negatives,
@@ -77,8 +78,9 @@ def _itm(
     temperature = model.temperature.detach()
     with torch.no_grad():
         positive = torch.arange(b, device=text_feat.device) * c  # flat index of each positive
-        sim_t2i = text_feat.float() @ image_feat.float().T / temperature  # [B, B*C]
-        sim_i2t = image_feat[positive].float() @ text_feat.float().T / temperature  # [B, B]
+        sim_t2i, sim_i2t = mining_similarities(  # [B, B*C], [B, B]
+            text_feat, image_feat, positive, temperature, cfg.hard_negative_scale
+        )
         aff_t2i = aff_i2t = None
         if cfg.hard_mining and cfg.polarity:
             p_text = text_polarity(counts if counts is not None else text_feat.new_zeros(b, 2))
@@ -126,7 +128,8 @@ def training_losses(
     image_cls = image_tokens[:, 0]
     image_feat = model.image_feature(image_cls)  # [B*C, E]
     text_tokens, text_feat = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    model.clamp_temperature()
+    if cfg.clamp_temperature:
+        model.clamp_temperature()
 
     terms: dict[str, torch.Tensor] = {}
     if cfg.ita:

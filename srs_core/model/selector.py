@@ -134,14 +134,25 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms, the temperature, cls token, pos_embed."""
+WEIGHT_DECAY_RULES = ("paper", "exempt_embeddings")
+
+
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "paper") -> list[dict]:
+    """AdamW groups: no weight decay on 1-d parameters (biases, norms) and ``*.bias``.
+
+    ``paper`` is exactly that (timm's ``add_weight_decay`` in the authors' code, which also
+    decays the temperature, cls token and position embeddings); ``exempt_embeddings`` also
+    exempts those three, as ALBEF's ViT asks.
+    """
+    if rule not in WEIGHT_DECAY_RULES:
+        raise ConfigError(f"weight-decay rule {rule!r} is not one of {WEIGHT_DECAY_RULES}")
+    exempt = ("cls_token", "pos_embed", "temperature") if rule == "exempt_embeddings" else ()
     decay, no_decay = [], []
     for name, param in unwrap(model).named_parameters():
         if not param.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if param.ndim <= 1 or leaf in ("cls_token", "pos_embed", "temperature"):
+        if param.ndim == 1 or leaf == "bias" or leaf in exempt:
             no_decay.append(param)
         else:
             decay.append(param)

@@ -31,8 +31,12 @@ def _normalizer(lowercase: bool) -> normalizers.BertNormalizer:
     )
 
 
-def load_tokenizer(vocab_path: str | Path, lowercase: bool = True) -> PreTrainedTokenizerFast:
-    """BERT WordPiece tokenizer from a local ``vocab.txt`` (one token a line, id = line)."""
+def load_tokenizer(vocab_path: str | Path, lowercase: bool = False) -> PreTrainedTokenizerFast:
+    """BERT WordPiece tokenizer from a local ``vocab.txt`` (one token a line, id = line).
+
+    Cased by default, as bert-base-chinese (``do_lower_case=False``): "OK" stays "OK" and
+    accents stay. ``lowercase`` also strips accents, as BERT's uncased models do.
+    """
     path = Path(vocab_path)
     if not path.is_file():
         raise ConfigError(f"vocabulary {path} does not exist; give model.vocab or model.text_init")
@@ -49,14 +53,16 @@ def load_tokenizer(vocab_path: str | Path, lowercase: bool = True) -> PreTrained
     )
 
 
-def build_vocab(texts: Iterable[str], path: str | Path, max_size: int = 0) -> int:
+def build_vocab(
+    texts: Iterable[str], path: str | Path, max_size: int = 0, lowercase: bool = False
+) -> int:
     """Write a character-level ``vocab.txt`` covering ``texts``; returns its size.
 
     Special tokens first, then every character seen, most frequent first. A character that
     continues a non-CJK word (latin letters, digits) is also added as ``##c`` so WordPiece can
     spell any such word. ``max_size`` > 0 keeps only that many tokens in all.
     """
-    normalizer, pre_tokenizer = _normalizer(True), pre_tokenizers.BertPreTokenizer()
+    normalizer, pre_tokenizer = _normalizer(lowercase), pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
     for text in texts:
         for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
@@ -80,7 +86,8 @@ def encode_contexts(
     """
     if max_tokens < 2:
         raise ConfigError(f"data.max_text_tokens must be at least 2, got {max_tokens}")
-    utterances = [text.replace(" ", "") for context in contexts for text in context]
+    # Utterances arrive normalised by data.stickerchat.utterance_text (the one whitespace rule).
+    utterances = [text for context in contexts for text in context]
     pieces = tokenizer(utterances, add_special_tokens=False)["input_ids"] if utterances else []
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     sequences, start = [], 0

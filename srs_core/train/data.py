@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from srs_core.config import NUM_CANDIDATES
 from srs_core.data.report import Report
 from srs_core.data.sticker_cache import StickerCache, gather
-from srs_core.data.stickerchat import Dialog, iter_dialogs
+from srs_core.data.stickerchat import Dialog, iter_dialogs, utterance_text
 from srs_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Example:
     """One dialog ready for batching."""
 
     line: int
-    utterances: tuple[str, ...]  # context texts with the segmentation spaces removed
+    utterances: tuple[str, ...]  # context_texts(): the whitespace rule applied, no empties
     set_id: int
     sticker_id: int
     rows: tuple[int, ...]  # sticker-cache rows of the candidates, positive first
@@ -46,7 +46,8 @@ class Example:
 
 
 def context_texts(dialog: Dialog) -> tuple[str, ...]:
-    return tuple(u.text.replace(" ", "") for u in dialog.context)
+    """The model's text of a context: :func:`utterance_text` of each, empty ones left out."""
+    return tuple(text for text in map(utterance_text, dialog.context) if text)
 
 
 def load_examples(
@@ -57,8 +58,10 @@ def load_examples(
     limit: int = 0,
     report: Report | None = None,
     strict: bool = False,
+    protocol: str = "strict",
 ) -> list[Example]:
-    """Read a split and resolve its candidates; unusable dialogs are counted in ``report``."""
+    """Read a split and resolve its candidates under ``protocol`` (``strict`` or ``paper``,
+    see :meth:`StickerCache.candidate_rows`); unusable dialogs are counted in ``report``."""
     report = report if report is not None else Report(strict=strict)
     examples = []
     for dialog in iter_dialogs(root, split, report=report, strict=strict, limit=limit):
@@ -67,7 +70,8 @@ def load_examples(
             report.add("set_not_usable", where, f"sticker set {dialog.sticker_set_id}")
             continue
         try:
-            rows = cache.candidate_rows(dialog.sticker_set_id, dialog.sticker_id, NUM_CANDIDATES)
+            rows = cache.candidate_rows(dialog.sticker_set_id, dialog.sticker_id, NUM_CANDIDATES,
+                                        protocol)
         except DataError as exc:
             report.add("sticker_not_in_set", where, str(exc))
             continue

@@ -1,7 +1,7 @@
 """The SRS training loop: `srs train` under torchrun (any number of processes) or alone.
 
 Restarting the same command resumes from the latest checkpoint under ``train.output`` (this
-is what a restarted PyTorchJob pod does): model, optimizer, scheduler, step, epoch, the
+is what a restarted PyTorchJob pod does): model, optimizer, step, epoch, the
 position inside the epoch and every rank's RNG states are restored, so no data position
 repeats. Augmentations depend only on (seed, epoch, dialog), so a resumed run is
 bit-identical to an uninterrupted one on the same hardware (tested with 2 ranks).
@@ -29,8 +29,9 @@ import torch
 from srs_core import store
 from srs_core.config import Config
 from srs_core.data.report import Report
+from srs_core.emotion.teacher import emotion_targets, load_teacher
 from srs_core.errors import ConfigError
-from srs_core.evaluate import score_examples, summarize
+from srs_core.evaluate import TIES, score_examples, summarize
 from srs_core.train.checkpoint import CheckpointManager, load_torch, save_torch
 from srs_core.train.data import ResumableSampler, SrsDataset, load_examples, make_collate
 from srs_core.train.distributed import (
@@ -39,12 +40,13 @@ from srs_core.train.distributed import (
     barrier,
     init_distributed,
 )
-from srs_core.train.schedule import cosine_with_warmup
+from srs_core.train.schedule import PAPER_GLOBAL_BATCH, SelectorSchedule, lr_scale
 from srs_core.train.session import (
     Tokenizer,
     build_model,
     cache_uri,
     prepare_sticker_cache,
+    resolve_lowercase,
     resolve_vocab,
 )
 
@@ -60,8 +62,6 @@ def _load_emotion(cfg: Config, device: torch.device):
             "loss.emotion is on but emotion.teacher / emotion.anchors are not set; give both "
             "URIs (from `srs emotion train` and `srs emotion anchors`) or set loss.emotion=false"
         )
-    from srs_core.emotion.teacher import load_teacher
-
     anchors = np.load(store.fetch(cfg.emotion.anchors), allow_pickle=False)
     if anchors.ndim != 2 or anchors.shape[0] % 7:
         raise ConfigError(f"{cfg.emotion.anchors}: anchors must be [7*K, D], got {anchors.shape}")
@@ -108,10 +108,59 @@ class History:
             store.write_text(self.uri, "\n".join(self.lines) + "\n")
 
 
-def _validate(model, val_examples, cache, tokenize, device, cfg: Config) -> dict[str, float]:
-    scores = score_examples(model, val_examples, cache, tokenize, device,
-                            batch_size=cfg.eval.batch_size, progress=False)
-    return summarize(scores)
+def _global_batch(cfg: Config, world_size: int, is_master: bool) -> tuple[int, float]:
+    """Dialogs per optimizer step and the factor on the learning rates; says both."""
+    global_batch = cfg.train.batch_size * world_size
+    if cfg.train.global_batch_size and cfg.train.global_batch_size != global_batch:
+        raise ConfigError(
+            f"train.global_batch_size={cfg.train.global_batch_size} but this run has "
+            f"{cfg.train.batch_size} dialogs x {world_size} processes = {global_batch}; change "
+            "train.batch_size or the number of processes, or unset train.global_batch_size"
+        )
+    scale = lr_scale(global_batch, cfg.train.lr_scaling)
+    if is_master:
+        log.info("global batch %d (%d dialogs x %d processes); lr %.3g (%s scaling x%.3g)",
+                 global_batch, cfg.train.batch_size, world_size, cfg.train.lr * scale,
+                 cfg.train.lr_scaling, scale)
+        if global_batch != PAPER_GLOBAL_BATCH:
+            log.warning(
+                "global batch %d differs from the paper's %d (2 GPUs x 4 dialogs at lr 1e-4): "
+                "%.3gx the dialogs per step and %.3gx fewer steps; train.lr_scaling=%s",
+                global_batch, PAPER_GLOBAL_BATCH, global_batch / PAPER_GLOBAL_BATCH,
+                global_batch / PAPER_GLOBAL_BATCH, cfg.train.lr_scaling)
+    return global_batch, scale
+
+
+class _Selection:
+    """Which split and protocol choose ``best.pt``, and when.
+
+    ``strict``: validation MAP after every epoch. ``paper``: as the authors' code, *test* MAP
+    under their protocol, ``eval.paper_evals_per_epoch`` times per epoch and after each.
+    """
+
+    def __init__(self, cfg: Config, cache, tokenize, device, steps_per_epoch: int,
+                 report: Report) -> None:
+        self.cfg, self.cache, self.tokenize, self.device = cfg, cache, tokenize, device
+        paper = cfg.eval.protocol == "paper"
+        split = "test" if paper else "val"
+        self.protocol = "paper" if paper else "strict"
+        self.label = f"{split} ({self.protocol} protocol)"
+        self.history_key = "val" if not paper else "test_paper"
+        self.every = max(1, steps_per_epoch // cfg.eval.paper_evals_per_epoch) if paper else 0
+        if paper:
+            log.warning("eval.protocol=paper: best.pt is selected on the TEST split, as the "
+                        "authors did; its test figures are not a held-out estimate")
+        self.examples = load_examples(cfg.data.stickerchat, split, cache, None,
+                                      cfg.data.max_dialogs, report, cfg.data.strict,
+                                      protocol=self.protocol)
+
+    def due_mid_epoch(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def evaluate(self, model) -> dict[str, float]:
+        scores = score_examples(model, self.examples, self.cache, self.tokenize, self.device,
+                                batch_size=self.cfg.eval.batch_size, progress=False)
+        return summarize(scores, TIES[self.protocol])
 
 
 def _rng_state(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -157,8 +206,6 @@ def train(cfg: Config) -> dict:
         polarity = read_polarity(store.join(cfg.data.sentiment, "train.jsonl"))
     train_examples = load_examples(cfg.data.stickerchat, "train", cache, polarity,
                                    cfg.data.max_dialogs, report, cfg.data.strict)
-    val_examples = load_examples(cfg.data.stickerchat, "val", cache, None,
-                                 cfg.data.max_dialogs, report, cfg.data.strict)
     if report.counts:
         log.warning("data problems (counted, skipped): %s", dict(report.counts))
 
@@ -166,7 +213,8 @@ def train(cfg: Config) -> dict:
     if dist.is_master and not store.exists(vocab_uri):
         store.write_text(vocab_uri, resolve_vocab(cfg, train_examples))
     barrier()
-    tokenize = Tokenizer(store.read_text(vocab_uri), cfg.data.max_text_tokens)
+    tokenize = Tokenizer(store.read_text(vocab_uri), cfg.data.max_text_tokens,
+                         lowercase=resolve_lowercase(cfg))
 
     from srs_core.model import convert_sync_batchnorm, param_groups
     from srs_core.model.losses import compute_losses
@@ -192,17 +240,25 @@ def train(cfg: Config) -> dict:
     else:
         ddp = model
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    global_batch, scale = _global_batch(cfg, dist.world_size, dist.is_master)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.train.weight_decay, cfg.train.weight_decay_rule),
+        lr=cfg.train.lr * scale,
+    )
     sampler = ResumableSampler(len(train_examples), dist.rank, dist.world_size,
                                cfg.train.seed, shuffle=True)
     steps_per_epoch = max(1, sampler.per_rank // cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
-    scheduler = cosine_with_warmup(
-        optimizer, int(cfg.train.warmup_epochs * steps_per_epoch), total_steps,
-        cfg.train.min_lr / cfg.train.lr,
+    schedule = SelectorSchedule(
+        optimizer, cfg.train.lr_schedule, lr=cfg.train.lr * scale,
+        min_lr=cfg.train.min_lr * scale, warmup_lr=cfg.train.warmup_lr * scale,
+        epochs=cfg.train.epochs, warmup_epochs=cfg.train.warmup_epochs,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        warmup_step_iterations=cfg.train.warmup_step_iterations,
     )
+    selection = _Selection(cfg, cache, tokenize, device, steps_per_epoch, report)
 
     checkpoints = CheckpointManager(store.join(output, "checkpoints"))
     state = checkpoints.latest()
@@ -210,7 +266,6 @@ def train(cfg: Config) -> dict:
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
         best_map = state["best_map"]
         log.info("resumed from step %d (epoch %d, batch %d)", step, epoch, position)
@@ -229,7 +284,7 @@ def train(cfg: Config) -> dict:
             return
         checkpoints.save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+            "step": step, "epoch": epoch,
             "position": position, "best_map": best_map, "rng": rng,
         }, name)
         history.flush()
@@ -240,9 +295,23 @@ def train(cfg: Config) -> dict:
         payload = {
             "model": model.state_dict(), "model_config": asdict(cfg.model),
             "vocab": tokenize.vocab_text, "num_anchor_logits": num_anchor_logits,
-            "step": step, "val": metrics, "sticker_cache": cache_uri(cfg),
+            "step": step, "epoch": epoch, "selected_on": selection.label, "val": metrics,
+            "sticker_cache": cache_uri(cfg), "lowercase": tokenize.lowercase,
         }
         save_torch(payload, store.join(output, "best.pt"))
+
+    def select(best: float) -> float:
+        """Evaluate on the selection split (master only) and keep ``best.pt``."""
+        if not dist.is_master:
+            return best
+        metrics = selection.evaluate(model)
+        history.add({"step": step, "epoch": epoch, selection.history_key: metrics})
+        log.info("%s at step %d: MAP %.4f R10@1 %.4f", selection.label, step, metrics["MAP"],
+                 metrics["R10@1"])
+        if metrics["MAP"] > best:
+            best = metrics["MAP"]
+            save_best(metrics)
+        return best
 
     started, seen = time.time(), 0
     done = bool(cfg.train.max_steps) and step >= cfg.train.max_steps
@@ -257,33 +326,33 @@ def train(cfg: Config) -> dict:
         ddp.train()
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            teacher_logits = None
+            if teacher is not None:
+                teacher_logits = emotion_targets(teacher, anchors, batch["images"])
             with autocast_context(device, cfg.train.precision):
-                teacher_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        flat = batch["images"].flatten(0, 1)
-                        teacher_logits = (teacher(flat).float() @ anchors.T).view(
-                            *batch["images"].shape[:2], -1)  # [B, C, 7K]
                 losses = compute_losses(ddp, batch, teacher_logits, cfg.loss, generator)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            lr = schedule.apply(epoch, position, step)
             optimizer.step()
-            scheduler.step()
             step, position = step + 1, position + 1
             seen += cfg.train.batch_size * dist.world_size
             if step % cfg.train.log_every == 0 or step == 1:
                 elapsed = time.time() - started
                 rate = seen / max(elapsed, 1e-9)
                 remaining = (total_steps - step) * cfg.train.batch_size * dist.world_size
-                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                record = {"step": step, "epoch": epoch, "lr": lr,
                           "dialogs_per_s": round(rate, 2), "eta_s": round(remaining / rate, 1),
                           **{k: round(v.detach().item(), 5) for k, v in losses.items()}}
                 history.add(record)
                 if dist.is_master:
                     log.info("step %d/%d epoch %d loss %.4f %.1f dialogs/s eta %.0fs", step,
                              total_steps, epoch, record["loss"], rate, record["eta_s"])
+            if selection.due_mid_epoch(step) and position < steps_per_epoch:
+                best_map = select(best_map)
+                ddp.train()
             if step % cfg.train.checkpoint_every == 0:
                 save("latest.pt")
             if cfg.train.max_steps and step >= cfg.train.max_steps:
@@ -291,21 +360,16 @@ def train(cfg: Config) -> dict:
                 break
         if not done:
             epoch, position = epoch + 1, 0
-        if dist.is_master:
-            metrics = _validate(model, val_examples, cache, tokenize, device, cfg)
-            history.add({"step": step, "epoch": epoch, "val": metrics})
-            log.info("validation at step %d: MAP %.4f R10@1 %.4f", step, metrics["MAP"],
-                     metrics["R10@1"])
-            if metrics["MAP"] > best_map:
-                best_map = metrics["MAP"]
-                save_best(metrics)
+        best_map = select(best_map)
         save("latest.pt")
         barrier()
 
     summary = {
-        "steps": step, "epochs": epoch, "best_val_MAP": best_map,
-        "train_dialogs": len(train_examples), "val_dialogs": len(val_examples),
-        "world_size": dist.world_size, "rank": dist.rank,
+        "steps": step, "epochs": epoch, "best_MAP": best_map,
+        "selected_on": selection.label, "protocol": cfg.eval.protocol,
+        "train_dialogs": len(train_examples), "selection_dialogs": len(selection.examples),
+        "world_size": dist.world_size, "global_batch": global_batch,
+        "lr": cfg.train.lr * scale, "lr_scaling": cfg.train.lr_scaling, "rank": dist.rank,
         "seconds": round(time.time() - started, 2),
         "dialogs_per_s": round(seen / max(time.time() - started, 1e-9), 2),
         "skipped": report.as_dict(), "best": store.join(output, "best.pt"),

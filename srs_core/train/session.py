@@ -6,6 +6,7 @@ vocabulary text and the anchor-logit count, so evaluation needs nothing but its 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -33,27 +34,29 @@ def cache_uri(cfg: Config) -> str:
 
 def prepare_sticker_cache(cfg: Config, report: Report) -> StickerCache:
     """Decode every set used by any split once (train, val and test share the cache)."""
-    sets: set[int] = set()
+    answers: set[tuple[int, int]] = set()
     for split in SPLITS:
         quiet = Report()  # dialog problems are counted when the examples are loaded
         for dialog in iter_dialogs(cfg.data.stickerchat, split, report=quiet,
                                    limit=cfg.data.max_dialogs):
-            sets.add(dialog.sticker_set_id)
+            answers.add((dialog.sticker_set_id, dialog.sticker_id))
     return build_sticker_cache(
-        cfg.data.stickerchat, sets, cache_uri(cfg), cfg.model.image_size, report=report
+        cfg.data.stickerchat, {s for s, _ in answers}, cache_uri(cfg), cfg.model.image_size,
+        report=report, answers=answers,
     )
 
 
 class Tokenizer:
     """Turns a batch of contexts into ``input_ids``/``attention_mask`` ``[B, T]``."""
 
-    def __init__(self, vocab_text: str, max_tokens: int) -> None:
+    def __init__(self, vocab_text: str, max_tokens: int, lowercase: bool = False) -> None:
         self.vocab_text = vocab_text
         self.max_tokens = max_tokens
+        self.lowercase = lowercase
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "vocab.txt"
             path.write_text(vocab_text, encoding="utf-8")
-            self._tokenizer = load_tokenizer(path)
+            self._tokenizer = load_tokenizer(path, lowercase=lowercase)
 
     @property
     def vocab_size(self) -> int:
@@ -61,6 +64,25 @@ class Tokenizer:
 
     def __call__(self, contexts: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         return encode_contexts(self._tokenizer, contexts, self.max_tokens)
+
+
+def resolve_lowercase(cfg: Config) -> bool:
+    """Whether the tokenizer lowercases (and strips accents): the ``do_lower_case`` of
+    ``<model.text_init>/tokenizer_config.json`` when there is one, else ``model.lowercase``
+    (false: bert-base-chinese is cased, as in the authors' tokenizer)."""
+    if cfg.model.text_init:
+        config_uri = store.join(cfg.model.text_init, "tokenizer_config.json")
+        if store.exists(config_uri):
+            try:
+                settings = json.loads(store.read_text(config_uri))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{config_uri}: not valid JSON ({exc})") from None
+            value = settings.get("do_lower_case") if isinstance(settings, dict) else None
+            if isinstance(value, bool):
+                if value != cfg.model.lowercase:
+                    log.info("tokenizer casing from %s: do_lower_case=%s", config_uri, value)
+                return value
+    return cfg.model.lowercase
 
 
 def resolve_vocab(cfg: Config, examples: Sequence[Example]) -> str:
@@ -71,7 +93,8 @@ def resolve_vocab(cfg: Config, examples: Sequence[Example]) -> str:
         return store.read_text(store.join(cfg.model.text_init, "vocab.txt"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vocab.txt"
-        build_vocab((text for ex in examples for text in ex.utterances), path)
+        build_vocab((text for ex in examples for text in ex.utterances), path,
+                    lowercase=resolve_lowercase(cfg))
         return path.read_text(encoding="utf-8")
 
 
@@ -101,7 +124,9 @@ def open_for_inference(cfg: Config, checkpoint_uri: str, split: str) -> Inferenc
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = load_torch(checkpoint_uri)
     model_cfg = ModelConfig(**checkpoint["model_config"])
-    tokenize = Tokenizer(checkpoint["vocab"], cfg.data.max_text_tokens)
+    # Checkpoints written before the casing was recorded came from a lowercasing tokenizer.
+    tokenize = Tokenizer(checkpoint["vocab"], cfg.data.max_text_tokens,
+                         lowercase=bool(checkpoint.get("lowercase", True)))
     model = build_model(model_cfg, checkpoint["num_anchor_logits"], tokenize.vocab_size)
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
@@ -118,5 +143,5 @@ def open_for_inference(cfg: Config, checkpoint_uri: str, split: str) -> Inferenc
 
 __all__ = [
     "InferenceSession", "Tokenizer", "build_model", "cache_uri", "context_texts",
-    "open_for_inference", "prepare_sticker_cache", "resolve_vocab",
+    "open_for_inference", "prepare_sticker_cache", "resolve_lowercase", "resolve_vocab",
 ]
