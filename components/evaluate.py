@@ -18,8 +18,9 @@ def evaluate(
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> str:
-    """Score ``split`` (test by default; model selection used val) and log all 7 metrics;
-    the report adds the loss curves from ``train_output``.
+    """Score ``split`` (test by default; model selection used val) and log all 7 metrics
+    under both protocols: ours as ``R10@1`` ..., the authors' as ``paper_R10@1`` ... (see
+    ``srs_core.evaluate.PROTOCOLS``); the report adds the loss curves from ``train_output``.
 
     Returns the URI holding ``metrics.json`` and ``scores.jsonl``.
     """
@@ -29,6 +30,7 @@ def evaluate(
     from srs_core import store
     from srs_core.config import load_config
     from srs_core.evaluate import evaluate as score_split
+    from srs_core.metrics import METRIC_NAMES
     from srs_core.report import evaluation_report
 
     # The model config comes from the checkpoint; the data, limits and batch size from here.
@@ -36,8 +38,10 @@ def evaluate(
                       preset=preset)
     out = store.join(output_root, "evaluate", split)
     results = score_split(cfg, checkpoint, split, out)
-    for name in ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1"):
+    for name in METRIC_NAMES:
         metrics.log_metric(name, float(results[name]))
+    for name in METRIC_NAMES:
+        metrics.log_metric(f"paper_{name}", float(results[f"paper_{name}"]))
     page = evaluation_report(out, stickerchat, train_output=train_output)
     Path(report.path).write_text(page, encoding="utf-8")
     return out

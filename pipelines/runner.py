@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from srs_core.errors import ConfigError, JobError
+from srs_core.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 # that it never shows in shell history, process lists or logs.
 TOKEN_ENV = "SRS_KFP_TOKEN"
 LOCAL_DEFAULTS = {"preset": "tiny", "training_backend": "local", "gpus_per_node": 1}
-# The evaluation step's Metrics artifact, in the protocol's order (DESIGN.md section 4).
-RANK_METRICS = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
+# The evaluation step's Metrics artifact, in the protocol's order (DESIGN.md section 4): ours
+# (strict) first, then the authors' protocol's under "paper_".
+RANK_METRICS = (*METRIC_NAMES, *(f"paper_{name}" for name in METRIC_NAMES))
 _TYPES = {"String": str, "Integer": int, "Boolean": bool, "Float": float}
 
 

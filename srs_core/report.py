@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # Keys of a history record that are not loss terms.
-_NOT_LOSS = frozenset({"step", "epoch", "lr", "dialogs_per_s", "eta_s", "val"})
+_NOT_LOSS = frozenset({"step", "epoch", "lr", "dialogs_per_s", "eta_s", "val", "test_paper"})
 # Validation metrics worth a curve (the protocol's; counts and timings are left out).
 _CURVES = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
 _THUMB = 72  # thumbnail edge in pixels
@@ -80,7 +80,7 @@ def loss_curves_png(history: list[dict]) -> bytes | None:
     Returns None as well when matplotlib is not installed (the report then says so).
     """
     steps = [r for r in history if "loss" in r]
-    vals = [r for r in history if isinstance(r.get("val"), dict)]
+    vals = _selections(history)
     if not steps and not vals:
         return None
     try:
@@ -112,7 +112,8 @@ def loss_curves_png(history: list[dict]) -> bytes | None:
             xs, ys = zip(*points, strict=True)
             right.plot(xs, ys, marker="o", label=name)
     right.set_xlabel("step")
-    right.set_title("validation")
+    paper = any("test_paper" in r for r in history)
+    right.set_title("test, paper protocol (selection)" if paper else "validation")
     if names:
         right.legend(fontsize=7)
     figure.tight_layout()
@@ -236,10 +237,25 @@ def _history(train_output: str) -> list[dict]:
     return read_jsonl(uri) if store.exists(uri) else []
 
 
+def _selections(history: list[dict]) -> list[dict]:
+    """Model-selection records as ``{"step", "val"}``: validation ones, or the test-split ones
+    of ``eval.protocol=paper`` (kept under ``test_paper`` in the history)."""
+    out = []
+    for record in history:
+        metrics = record.get("val", record.get("test_paper"))
+        if isinstance(metrics, dict):
+            out.append({"step": record["step"], "val": metrics,
+                        "test_paper": "test_paper" in record})
+    return out
+
+
 def training_report(train_output: str) -> str:
-    """HTML: loss curves, and the validation metrics of every validation run."""
+    """HTML: loss curves, and the metrics of every model-selection evaluation."""
     history = _history(train_output)
-    validations = {f"step {r['step']}": r["val"] for r in history if isinstance(r.get("val"), dict)}
+    validations = {
+        f"step {r['step']}" + (" (test, paper protocol)" if r["test_paper"] else ""): r["val"]
+        for r in _selections(history)
+    }
     sections = [_loss_section(history)]
     if validations:
         sections.append("<h2>Validation</h2>" + metrics_table(validations))
@@ -265,7 +281,15 @@ def evaluation_report(
     # The evaluator writes {"split", "checkpoint", "metrics": {...}, "skipped": {...}}.
     metrics = payload.get("metrics", payload)
     label = str(payload.get("split", "metrics"))
-    sections = ["<h2>Metrics</h2>" + metrics_table({label: metrics})]
+    rows = {f"{label} (strict protocol)" if "paper" in payload else label: metrics}
+    if isinstance(payload.get("paper"), dict):
+        rows[f"{label} (paper protocol)"] = payload["paper"].get("metrics", {})
+    sections = ["<h2>Metrics</h2>" + metrics_table(rows)]
+    for name in ("strict", "paper"):
+        text = payload.get("protocol") if name == "strict" else payload.get("paper", {}).get(
+            "protocol")
+        if text:
+            sections.append(f'<p class="note">{name} protocol: {html.escape(str(text))}</p>')
     if payload.get("checkpoint"):
         sections.append(f'<p class="note">checkpoint: {html.escape(payload["checkpoint"])}</p>')
     scores_uri = store.join(eval_output, "scores.jsonl")

@@ -75,12 +75,37 @@ def test_ablation_switches_train_and_evaluate(demo, emotion, tmp_path, ablation)
         assert "emotion" not in logged[0]
     elif not ablation:
         assert {"ita", "itm", "simclr_intra", "simclr_inter", "emotion"} <= set(logged[0])
+    assert logged[0]["lr"] == pytest.approx(cfg.train.warmup_lr)  # the paper schedule
     best = load_torch(str(tmp_path / "run" / "best.pt"))
     assert best["num_anchor_logits"] == 14 and "vocab" in best
+    assert best["selected_on"] == "val (strict protocol)" and best["lowercase"] is False
+    assert not any("test_paper" in h for h in history)  # strict never looks at test
     metrics = evaluate(cfg, str(tmp_path / "run" / "best.pt"), "test", str(tmp_path / "eval"))
     assert 0.0 <= metrics["R10@1"] <= 1.0
     lines = (tmp_path / "eval" / "scores.jsonl").read_text().splitlines()
     assert len(lines) == metrics["dialogs"]
+    # Both protocols, labelled; the paper's keeps every dialog strict keeps, and its ties and
+    # duplicated positives can only help the positive.
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "never twice" in saved["protocol"] and "authors" in saved["paper"]["protocol"]
+    paper = saved["paper"]["metrics"]
+    assert paper["dialogs"] >= metrics["dialogs"] and metrics["paper_MAP"] == paper["MAP"]
+    paper_lines = (tmp_path / "eval" / "scores_paper.jsonl").read_text().splitlines()
+    assert len(paper_lines) == paper["dialogs"]
+
+
+def test_paper_protocol_selects_on_test_eight_times_an_epoch(demo, tmp_path) -> None:
+    cfg = load_config(preset="tiny", overrides=_overrides(
+        demo, tmp_path / "run", "train.epochs=1", "loss.emotion=false", "eval.protocol=paper"))
+    summary = train(cfg)
+    assert summary["selected_on"] == "test (paper protocol)"
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").open()]
+    # 96 dialogs / batch 4 = 24 steps: test MAP every 3 steps, the last one at the epoch end.
+    assert [h["step"] for h in history if "test_paper" in h] == list(range(3, 25, 3))
+    assert not any("val" in h for h in history)
+    best = load_torch(str(tmp_path / "run" / "best.pt"))
+    assert best["selected_on"] == "test (paper protocol)"
+    assert best["val"]["MAP"] == max(h["test_paper"]["MAP"] for h in history if "test_paper" in h)
 
 
 def _torchrun(args: list[str], log: Path) -> subprocess.Popen:
@@ -147,7 +172,7 @@ def test_tiny_preset_learns_well_above_chance(tmp_path) -> None:
         "train.epochs=5", "train.lr=1e-3", "train.min_lr=1e-4", "loss.emotion=false",
     ])
     summary = train(cfg)
-    assert summary["best_val_MAP"] > 0.45  # chance: mean of 1/rank over 10 ranks = 0.293
+    assert summary["best_MAP"] > 0.45  # chance: mean of 1/rank over 10 ranks = 0.293
     metrics = evaluate(cfg, str(tmp_path / "run" / "best.pt"), "test", str(tmp_path / "eval"))
     assert metrics["dialogs"] == 166
     # measured here: R10@1 0.470, MAP 0.658 (chance 0.1 and 0.293)
