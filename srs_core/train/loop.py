@@ -322,6 +322,9 @@ def train(cfg: Config) -> dict:
             dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
             num_workers=cfg.train.num_workers, collate_fn=make_collate(tokenize),
             persistent_workers=False,
+            # Its own generator: creating the iterator draws a base seed, and from the global
+            # RNG that draw would shift the dropout masks of a resumed run.
+            generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch),
         )
         ddp.train()
         for batch in loader:
