@@ -15,8 +15,19 @@ def validate(
     strict: bool,
     report: Output[Markdown],
     counts: Output[Metrics],
+    preset: str = "paper",
+    overrides: str = "",
+    anchors_k: int = 60,
+    epochs: int = 5,
+    batch_size: int = 4,
+    train_nodes: int = 1,
+    gpus_per_node: int = 1,
+    eval_split: str = "test",
+    train_timeout_hours: float = 72.0,
+    sentiment_workers: int = 4,
 ) -> NamedTuple("Validated", stickerchat=str, ser30k=str):
-    """Validate the StickerChat and SER30K roots; fail the step when the data is unusable.
+    """Check the run's parameters, then the StickerChat and SER30K roots; fail the step when
+    a parameter is out of range or the data is unusable.
 
     The roots are passed through unchanged so that every later step depends on this one: the
     data is read in place from the object store (no copy), after it has been checked.
@@ -24,9 +35,16 @@ def validate(
     from collections import namedtuple
     from pathlib import Path
 
+    from srs_core.config import check_run_parameters
     from srs_core.data.validate import validate as validate_roots
     from srs_core.errors import DataError
 
+    check_run_parameters(
+        preset=preset, overrides=overrides, anchors_k=anchors_k, epochs=epochs,
+        batch_size=batch_size, train_nodes=train_nodes, gpus_per_node=gpus_per_node,
+        eval_split=eval_split, train_timeout_hours=train_timeout_hours,
+        sentiment_workers=sentiment_workers,
+    )
     result = validate_roots(stickerchat, ser30k, progress=False)
     text = result.render(strict)
     Path(report.path).write_text(f"# Data validation\n\n```\n{text}\n```\n", encoding="utf-8")

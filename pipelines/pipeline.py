@@ -99,7 +99,13 @@ def srs_pipeline(
     """
     config = {"output_root": output_root, "preset": preset, "overrides": overrides}
 
-    data = validate(stickerchat=stickerchat_uri, ser30k=ser30k_uri, strict=strict_validation)
+    # Parameters are checked first, in the validate step, before any step does work.
+    data = validate(
+        stickerchat=stickerchat_uri, ser30k=ser30k_uri, strict=strict_validation, preset=preset,
+        overrides=overrides, anchors_k=anchors_k, epochs=epochs, batch_size=batch_size,
+        train_nodes=train_nodes, gpus_per_node=gpus_per_node, eval_split=eval_split,
+        train_timeout_hours=train_timeout_hours, sentiment_workers=sentiment_workers,
+    )
     with_resources(_retry(data, 3), *RESOURCES["validate"])
     stickerchat, ser30k = data.outputs["stickerchat"], data.outputs["ser30k"]
 

@@ -66,6 +66,21 @@ def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
     return params
 
 
+def check_parameters(params: Mapping[str, Any]) -> None:
+    """Refuse out-of-range run parameters (the config's rules) before anything runs; the
+    pipeline's validate step repeats this for runs started from the Kubeflow UI."""
+    from srs_core.config import check_run_parameters
+
+    values = {name: default for name, (_, default) in pipeline_parameters().items()}
+    values.update(params)
+    check_run_parameters(**{name: values[name] for name in RUN_PARAMETERS})
+
+
+# The pipeline parameters that check_run_parameters judges (also inputs of the validate step).
+RUN_PARAMETERS = ("preset", "overrides", "anchors_k", "epochs", "batch_size", "train_nodes",
+                  "gpus_per_node", "eval_split", "train_timeout_hours", "sentiment_workers")
+
+
 def compile_pipeline(out: str | Path) -> Path:
     """Write the pipeline's YAML (KFP IR) to ``out``."""
     from kfp import compiler
@@ -92,6 +107,7 @@ def submit(
     names a compiled one); returns its run and experiment ids."""
     import kfp
 
+    check_parameters(params or {})
     token = os.environ.get(TOKEN_ENV) or None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(package) if package else compile_pipeline(Path(tmp) / "srs-pipeline.yaml")
@@ -140,6 +156,7 @@ def run_locally(
                  "ser30k_uri": str(data / "ser30k"), "output_root": str(out), **(params or {})}
     if arguments["training_backend"] != "local":
         raise ConfigError("a local run trains with training_backend=local (no cluster here)")
+    check_parameters(arguments)
     kfp_root = out / "kfp"
     kfp_root.mkdir(parents=True, exist_ok=True)
     before = set(kfp_root.iterdir())

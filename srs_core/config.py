@@ -9,6 +9,7 @@ the source (file or override) and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -293,22 +294,74 @@ def parse_override(text: str) -> dict[str, dict[str, Any]]:
     return {parts[0]: {parts[1]: value}}
 
 
+# Range rules, checked for every configuration whatever its source. Every float must also be
+# finite. Numbers not listed may be any value of their type.
+_POSITIVE = {
+    "data": ("max_text_tokens",),
+    "model": ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads",
+              "text_width", "text_heads", "text_intermediate", "vocab_size", "max_position",
+              "embed_dim", "temperature", "simclr_hidden", "simclr_dim"),
+    "loss": ("simclr_temperature",),
+    "train": ("epochs", "batch_size", "lr", "checkpoint_every", "log_every",
+              "warmup_step_iterations"),
+    "emotion": ("image_size", "epochs", "batch_size", "lr", "k", "kmeans_iterations"),
+    "eval": ("batch_size", "paper_evals_per_epoch"),
+}
+_NON_NEGATIVE = {
+    "data": ("max_dialogs",),
+    "model": ("text_layers", "fusion_layers"),
+    "loss": ("simclr_weight", "emotion_weight"),
+    "train": ("warmup_epochs", "global_batch_size", "min_lr", "warmup_lr", "weight_decay",
+              "grad_clip", "num_workers", "seed", "max_steps"),
+    "emotion": ("weight_decay", "num_workers", "seed"),
+}
+_NON_EMPTY = {"data": ("stickerchat",), "train": ("output",), "emotion": ("ser30k",)}
+
+
 def _validate(cfg: Config) -> None:
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for key, value in dataclasses.asdict(values).items():
+            name = f"{section.name}.{key}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
+            if key in _POSITIVE.get(section.name, ()) and value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+            if key in _NON_NEGATIVE.get(section.name, ()) and value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+            if key in _NON_EMPTY.get(section.name, ()) and not str(value).strip():
+                raise ConfigError(f"{name} must not be empty")
     m = cfg.model
     if m.image_size % m.patch_size:
         raise ConfigError(f"model.image_size {m.image_size} is not a multiple of model.patch_size")
     if m.vision_width % m.vision_heads or m.text_width % m.text_heads:
         raise ConfigError("model widths must be multiples of their head counts")
-    positive = {
-        "train.epochs": cfg.train.epochs,
-        "train.batch_size": cfg.train.batch_size,
-        "emotion.k": cfg.emotion.k,
-        "emotion.batch_size": cfg.emotion.batch_size,
-        "eval.batch_size": cfg.eval.batch_size,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
+    if cfg.data.max_text_tokens < 2:
+        raise ConfigError("data.max_text_tokens must be at least 2 ([CLS] and one token)")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"train.min_lr {cfg.train.min_lr} is above train.lr {cfg.train.lr}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the
+    last one silently, so a typo'd copy of a setting would win without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
+                    f"{seen[key]})"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`ConfigError` on duplicate mapping keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def load_config(
@@ -328,9 +381,11 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         try:
-            loaded = yaml.safe_load(text) or {}
+            loaded = safe_load_unique(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         file_preset = loaded.pop("preset", file_preset)
@@ -345,4 +400,49 @@ def load_config(
     for text in overrides:
         _apply(cfg, parse_override(text), f"override {text!r}")
     _validate(cfg)
+    return cfg
+
+
+EVAL_SPLITS = ("val", "test")  # the training split is never reported as an evaluation result
+
+
+def check_run_parameters(
+    *,
+    preset: str,
+    overrides: str,
+    anchors_k: int,
+    epochs: int,
+    batch_size: int,
+    train_nodes: int,
+    gpus_per_node: int,
+    eval_split: str,
+    train_timeout_hours: float,
+    sentiment_workers: int,
+) -> Config:
+    """The pipeline's run parameters under the config's rules, before any step does work.
+
+    Returns the configuration the training step will build; raises :class:`ConfigError`
+    naming the first bad parameter.
+    """
+    import shlex
+
+    try:
+        words = shlex.split(overrides)
+    except ValueError as exc:
+        raise ConfigError(f"parameter overrides={overrides!r}: {exc}") from None
+    settings = [f"emotion.k={anchors_k}", f"train.epochs={epochs}",
+                f"train.batch_size={batch_size}"]
+    cfg = load_config([], [*words, *settings], preset=preset)
+    counts = {"train_nodes": train_nodes, "gpus_per_node": gpus_per_node}
+    for name, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"parameter {name} must be at least 1, got {value}")
+    if sentiment_workers < 0:
+        raise ConfigError(f"parameter sentiment_workers must be >= 0 (0 = all cores), got "
+                          f"{sentiment_workers}")
+    if not (math.isfinite(train_timeout_hours) and train_timeout_hours > 0):
+        raise ConfigError(f"parameter train_timeout_hours must be > 0, got {train_timeout_hours}")
+    if eval_split not in EVAL_SPLITS:
+        raise ConfigError(f"parameter eval_split must be one of {', '.join(EVAL_SPLITS)}, got "
+                          f"{eval_split!r} (the training split is never an evaluation result)")
     return cfg

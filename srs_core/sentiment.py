@@ -36,6 +36,7 @@ from srs_core import store
 from srs_core.data.report import DataProblem, Report
 from srs_core.data.stickerchat import SPLITS, Dialog, iter_dialogs, utterance_text
 from srs_core.errors import DataError
+from srs_core.runlock import LOCK_NAME, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,17 @@ def run_sentiment(
     root, split = _split_source(dialogs_uri)
     workers = default_workers() if workers <= 0 else workers
     work = _sibling(out_uri, ".chunks")
+    with RunLock(work, "srs sentiment"):
+        summary = _run(dialogs_uri, out_uri, root, split, work, workers, chunk_size, strict,
+                       started)
+    local = store.local_path(work)
+    if local is not None and local.is_dir() and not any(local.iterdir()):
+        local.rmdir()
+    return summary
+
+
+def _run(dialogs_uri: str, out_uri: str, root: str, split: str, work: str, workers: int,
+         chunk_size: int, strict: bool, started: float) -> dict[str, Any]:
     manifest = {"input": dialogs_uri, "input_bytes": store.size(dialogs_uri),
                 "chunk_size": chunk_size, "format": FORMAT_VERSION}
     done = _prepare_work(work, manifest)
@@ -280,6 +292,12 @@ def run_sentiment(
             _merge(report, stats[index]["problems"])
             with store.open_read(_chunk_uris(work, index)[0]) as chunk:
                 shutil.copyfileobj(chunk, output, 1 << 20)
+    if counts["dialogs"] == 0:
+        message = (f"sentiment of {dialogs_uri}: no dialog could be scored "
+                   f"({report.render() if report.counts else 'the file has no dialogs'})")
+        if strict:
+            raise DataError(message)
+        log.warning("%s; %s is empty", message, out_uri)
     seconds = time.time() - started
     summary = {
         "input": dialogs_uri, "output": out_uri, **counts,
@@ -289,12 +307,9 @@ def run_sentiment(
     }
     store.write_text(summary_uri(out_uri), json.dumps(summary, indent=2, ensure_ascii=False))
     for info in list(store.list_objects(work)):
-        if info.relpath != "manifest.json":
+        if info.relpath not in ("manifest.json", LOCK_NAME):
             store.delete(info.uri)
     store.delete(store.join(work, "manifest.json"))  # last: a half-cleaned prefix stays valid
-    local = store.local_path(work)
-    if local is not None and local.is_dir() and not any(local.iterdir()):
-        local.rmdir()
     log.info("sentiment: %d dialogs, %d utterances in %.1fs (%d skipped) -> %s",
              counts["dialogs"], counts["utterances"], seconds, report.skipped, out_uri)
     return summary

@@ -240,3 +240,17 @@ def test_train_component_fails_when_the_job_fails(
     with pytest.raises(JobError, match="exited with code 1"):
         components.train_srs.python_func(**inputs)
     assert not Path(inputs["report"].path).exists()  # no report of a training that failed
+
+
+def test_validate_component_refuses_out_of_range_run_parameters(
+    demo_data: Path, kfp_local: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """A run started from the UI with a bad parameter stops in the first step, before work."""
+    arguments = {"stickerchat": str(demo_data / "stickerchat"),
+                 "ser30k": str(demo_data / "ser30k"), "strict": False}
+    with pytest.raises(RuntimeError, match="validate.*FAILURE"):
+        components.validate(eval_split="train", **arguments)
+    assert "eval_split must be one of val, test" in "".join(capfd.readouterr())
+    with pytest.raises(RuntimeError, match="validate.*FAILURE"):
+        components.validate(overrides="train.lrr=1", **arguments)
+    assert "unknown key train.lrr" in "".join(capfd.readouterr())

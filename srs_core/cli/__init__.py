@@ -8,16 +8,19 @@ point group so that the library never imports them.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from importlib.metadata import entry_points
 
 from srs_core import __version__
-from srs_core.errors import SrsError
+from srs_core.errors import ConfigError, SrsError
 
 log = logging.getLogger("srs")
+DEBUG_ENV = "SRS_DEBUG"
 
 
 def _command_groups():
@@ -34,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"srs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of a failure (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in _command_groups():
         register(sub)
@@ -48,18 +53,52 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+_ERRNO_ADVICE = {
+    errno.ENOSPC: "free some space or choose another output location",
+    errno.EDQUOT: "free some space or choose another output location",
+    errno.EROFS: "the file system is read-only: choose a writable output location",
+    errno.EACCES: "check the permissions, or choose another location",
+    errno.EPERM: "check the permissions, or choose another location",
+    errno.ENOENT: "check the path",
+    errno.EISDIR: "give a file, not a directory",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+}
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """One line saying what went wrong (naming the path) and what to do, and the exit code:
+    2 for configuration/usage errors, 1 for everything else."""
+    if isinstance(exc, ConfigError):
+        return str(exc), 2
+    if isinstance(exc, SrsError):
+        return str(exc), 1
+    if isinstance(exc, OSError):
+        where = " ".join(str(name) for name in (exc.filename, exc.filename2) if name)
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        advice = _ERRNO_ADVICE.get(exc.errno or -1, "")
+        text = f"{where}: {reason}" if where else reason
+        return text + (f" ({advice})" if advice else ""), 1
+    if isinstance(exc, MemoryError):
+        return ("out of memory: lower the batch size or the number of loader workers, or run "
+                "on a machine with more memory"), 1
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first or 'no message'} (run with --debug for details)", 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    setup_logging(args.verbose or debug)
     try:
         code = args.func(args)
-    except SrsError as exc:
-        log.error("%s", exc)
-        return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception as exc:  # one clear line, an exit code; the traceback only on request
+        message, code = describe_failure(exc)
+        log.error("%s", message, exc_info=debug)
+        return code
     return int(code or 0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from srs_core.cli._common import add_config_arguments, config_from_args, print_json
+from srs_core.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +64,11 @@ def _anchors(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     e = cfg.emotion
+    k = e.k if args.k is None else args.k
+    if k < 1:  # --k 0 means 0, which is no anchors: an error, not "the preset's K"
+        raise ConfigError(f"--k must be at least 1, got {k}")
     sidecar = build_anchors(
-        args.ser30k or e.ser30k, args.teacher or e.teacher, args.k or e.k, args.out,
+        args.ser30k or e.ser30k, args.teacher or e.teacher, k, args.out,
         backend=args.backend or e.kmeans_backend,
         seed=e.seed if args.seed is None else args.seed, image_size=e.image_size,
         iterations=e.kmeans_iterations, batch_size=args.batch_size,

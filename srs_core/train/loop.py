@@ -17,6 +17,7 @@ Outputs under ``train.output``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from srs_core.data.report import Report
 from srs_core.emotion.teacher import emotion_targets, load_teacher
 from srs_core.errors import ConfigError
 from srs_core.evaluate import TIES, score_examples, summarize
+from srs_core.runlock import RunLock
 from srs_core.train.checkpoint import CheckpointManager, load_torch, save_torch
 from srs_core.train.data import ResumableSampler, SrsDataset, load_examples, make_collate
 from srs_core.train.distributed import (
@@ -186,8 +188,18 @@ def _restore_rng(saved: list[dict], rank: int, device: torch.device,
 
 
 def train(cfg: Config) -> dict:
-    """Train (or resume) the selector; returns the run summary."""
+    """Train (or resume) the selector; returns the run summary.
+
+    Rank 0 holds the output's run lock (:mod:`srs_core.runlock`) throughout: a second run on
+    the same ``train.output`` is refused before any work.
+    """
     dist = init_distributed()
+    lock = RunLock(cfg.train.output, "srs train") if dist.is_master else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, dist)
+
+
+def _train(cfg: Config, dist) -> dict:
     device = dist.device
     torch.manual_seed(cfg.train.seed + dist.rank)
     output = cfg.train.output
