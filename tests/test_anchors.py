@@ -119,6 +119,47 @@ def test_nan_centroids_become_zero() -> None:
     assert not anchors[0].any() and stats["non_finite_zeroed"] == 7 * 8
 
 
+def test_non_finite_features_are_zeroed_and_counted_before_kmeans() -> None:
+    features, labels = _clustered(30, 8, 2, seed=7)
+    broken = features.copy()
+    happy = np.flatnonzero(labels == 1)
+    broken[happy[:3], 0] = np.nan  # three Happiness rows with a NaN, one Anger row with +inf
+    broken[np.flatnonzero(labels == 5)[0], 4] = np.inf
+    anchors, stats = cluster_classes(broken, labels, 3, FaissKMeans(), iterations=10, seed=1)
+    assert np.isfinite(anchors).all()
+    assert stats["non_finite_rows"] == {"Happiness": 3, "Anger": 1}
+    assert all(np.isfinite(v) for v in stats["inertia"].values())
+    # the same anchors as clustering the features with those values set to 0
+    zeroed = np.nan_to_num(broken, nan=0.0, posinf=0.0, neginf=0.0)
+    expected, _ = cluster_classes(zeroed, labels, 3, FaissKMeans(), iterations=10, seed=1)
+    assert np.array_equal(anchors, expected)
+    assert np.isnan(broken).sum() == 3  # the caller's array is left as it was
+
+
+def test_class_whose_features_are_all_non_finite_is_an_error_naming_it() -> None:
+    features, labels = _clustered(20, 8, 2, seed=8)
+    features[labels == 3] = -np.inf
+    features[labels == 4, 2] = np.nan
+    with pytest.raises(DataError, match=r"class\(es\) Fear, Sadness is NaN or infinite"):
+        cluster_classes(features, labels, 3, FaissKMeans(), iterations=5)
+
+
+def test_teacher_with_non_finite_weights_is_refused_naming_the_tensor(
+    teacher_weights: Path, tmp_path: Path
+) -> None:
+    from srs_core.emotion.teacher import load_teacher
+
+    state = torch.load(teacher_weights, weights_only=True)
+    state["layer2.0.bn1.running_var"][5] = float("nan")
+    state["layer3.1.conv2.weight"].view(-1)[:4] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"diverged.pth: tensor 'layer2.0.bn1.running_var' "
+                                          r"has 1 non-finite value\(s\)"):
+        load_teacher(str(path), "cpu")
+    assert load_teacher(str(teacher_weights), "cpu") is not None
+
+
 def test_backend_selection() -> None:
     assert get_backend("cpu").name == "cpu"
     assert get_backend("auto").name == ("kmcuda" if kmcuda_available() else "cpu")
@@ -178,7 +219,7 @@ def test_build_anchors_end_to_end_counts_bad_images(
     assert sum(sidecar["counts"].values()) == 54  # 56 images, one undecodable, one bad label
     problems = sidecar["skipped"]["problems"]
     assert problems["image_corrupt"]["count"] == 1 and problems["bad_label"]["count"] == 1
-    assert set(sidecar["inertia"]) == set(EMOTIONS)
+    assert set(sidecar["inertia"]) == set(EMOTIONS) and sidecar["non_finite_rows"] == {}
     again = build_anchors(str(ser30k), str(teacher_weights), 2, str(tmp_path / "again.npy"),
                           backend="cpu", seed=3, image_size=32, iterations=10, batch_size=16)
     assert np.array_equal(anchors, np.load(tmp_path / "again.npy", allow_pickle=False))

@@ -271,7 +271,7 @@ def test_ser30k_bad_entries_are_counted(tmp_path: Path) -> None:
     report = Report()
     items = read_annotations(str(tmp_path), "val", report=report)
     assert [i.file_name for i in items] == ["1.png"] and items[0].label == 0
-    assert report.counts == {"bad_label": 2, "missing_key": 1, "bad_record": 1}
+    assert report.counts == {"bad_label": 2, "missing_key": 1, "path_escapes_root": 1}
     assert report.examples["bad_label"][0][0] == f"{path}:annotations[1]"
     with pytest.raises(DataError, match=r"annotations\[1\]: bad_label"):
         read_annotations(str(tmp_path), "val", strict=True)

@@ -26,6 +26,11 @@ WARNINGS = frozenset({"small_set", "blank_line", "duplicate_sticker"})
 _HINTS = {
     "bad_json": "fix or drop the line; every line must be one JSON object",
     "not_utf8": "re-encode the file as UTF-8",
+    "empty_input": "the file yields no usable record: check that it is the right, complete file",
+    "unreadable_file": "a directory, a broken symlink or a file without read permission stands "
+                       "where a data file should be",
+    "path_escapes_root": "data are read only inside their root: copy the files in, or give the "
+                         "directory they are in as the root",
     "missing_key": "the record lacks a key the format requires (see DESIGN.md section 2)",
     "bad_id": "ids must be JSON integers (never floats, which lose 64-bit precision)",
     "npy_missing": "the sticker file is absent from npy_stickers/<set>/",
@@ -61,19 +66,20 @@ class Report:
     skipped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, problem: str, where: str, detail: str = "", skipped: bool = True) -> None:
-        """Count one problem; ``skipped`` says whether an item was dropped because of it."""
+    def add(self, problem: str, where: str, detail: str = "", skipped: bool | int = True) -> None:
+        """Count one problem; ``skipped`` says whether an item was dropped because of it, or how
+        many (one problem of a whole file, e.g. ``not_utf8``, drops all of its lines)."""
         if self.strict and problem not in WARNINGS:
             raise DataProblem(problem, where, detail)
         with self._lock:
             self.counts[problem] += 1
-            if skipped and problem not in WARNINGS:
-                self.skipped += 1
+            if problem not in WARNINGS:
+                self.skipped += int(skipped)
             found = self.examples.setdefault(problem, [])
             if len(found) < self.max_locations:
                 found.append((where, detail))
 
-    def add_error(self, error: DataProblem, skipped: bool = True) -> None:
+    def add_error(self, error: DataProblem, skipped: bool | int = True) -> None:
         """Count a problem raised by a loader."""
         self.add(error.problem, error.where, error.detail, skipped=skipped)
 

@@ -12,6 +12,7 @@ Labels are ``anno - 1`` in the class order of ``srs_core.config.EMOTIONS``.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,12 @@ import numpy as np
 
 from srs_core import store
 from srs_core.config import EMOTIONS
+from srs_core.data import files
 from srs_core.data.images import decode_image
 from srs_core.data.report import DataProblem, Report
 from srs_core.errors import DataError, StoreError, StoreNotFound
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -75,15 +79,21 @@ def read_annotations(
     if strict:
         report.strict = True
     try:
-        data = store.read_bytes(uri)
+        data = files.read_data(root, uri)
     except StoreNotFound:
         raise DataError(f"{uri}: annotation file not found; is {root!r} a SER30K root?") from None
+    except DataProblem as problem:  # a directory, a broken symlink, outside the root
+        log.warning("%s", problem)
+        report.add_error(problem, skipped=False)
+        return []
     try:
         document = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        report.add("not_utf8", uri, f"invalid byte at offset {exc.start}")
+        detail = files.describe_encoding(data[:64], exc.start)
+        log.warning("%s: %s", uri, detail)
+        report.add("not_utf8", uri, detail)
         return []
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         report.add("bad_json", uri, str(exc))
         return []
     entries = document.get("annotations") if isinstance(document, dict) else None
@@ -99,18 +109,28 @@ def read_annotations(
         except DataProblem as problem:
             report.add(problem.problem, where, problem.detail)
             continue
-        except StoreError as exc:
-            report.add("bad_record", where, str(exc))
+        except StoreError:
+            report.add("path_escapes_root", where, f"topic {item.topic!r} / file_name "
+                       f"{item.file_name!r} leads out of Images/ ('..' or an absolute path)")
             continue
         items.append(item)
+    if not items:
+        detail = (f"none of its {len(entries)} annotation(s) is usable" if entries
+                  else "its 'annotations' list is empty")
+        log.warning("%s: no usable SER30K annotation: %s", uri, detail)
+        report.add("empty_input", uri, detail, skipped=False)
     return items
 
 
 def load_image(root: str, item: Ser30kItem) -> np.ndarray:
     """The item's image as ``[H, W, 3] uint8`` RGB; DataProblem names the file on failure."""
-    uri = image_uri(root, item)
     try:
-        data = store.read_bytes(uri)
+        uri = image_uri(root, item)
+    except StoreError:  # an item built by hand; read_annotations already refuses these
+        raise DataProblem("path_escapes_root", f"{root}/Images/{item.topic}/{item.file_name}",
+                          f"annotations[{item.index}]: '..' or an absolute path") from None
+    try:
+        data = files.read_data(root, uri)  # DataProblem: unreadable, or outside the root
     except StoreNotFound:
         raise DataProblem("image_missing", uri, f"annotations[{item.index}]") from None
     return decode_image(data, uri)

@@ -14,6 +14,7 @@ precision). Integer ids written as decimal strings are accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -25,6 +26,7 @@ import numpy as np
 
 from srs_core import store
 from srs_core.config import NUM_CANDIDATES
+from srs_core.data import files
 from srs_core.data.candidates import build_candidates
 from srs_core.data.images import GRAY, decode_npy, gray_image
 from srs_core.data.report import DataProblem, Report
@@ -174,6 +176,59 @@ def _iter_lines(handle: IO[bytes]) -> Iterator[bytes]:
         yield pending
 
 
+class _Utf8Check:
+    """Undecodable lines are held back until it is clear whether the file is UTF-8.
+
+    A file in another encoding (GBK, Latin-1, ...) fails on every line with non-ASCII text:
+    that is one ``not_utf8`` problem of the file, not one per line. Once a line with non-ASCII
+    text decodes, or when at the end most lines decoded, the file is UTF-8 and each undecodable
+    line is its own problem. Only the first few held-back lines are kept: memory stays bounded.
+    """
+
+    def __init__(self, uri: str, report: Report) -> None:
+        self.uri, self.report = uri, report
+        self.utf8 = False  # a line with non-ASCII text decoded
+        self.decoded = self.count = self.first_offset = 0
+        self.held: list[tuple[str, str]] = []
+
+    def bad(self, where: str, error: UnicodeDecodeError, line_offset: int) -> None:
+        detail = f"invalid byte at column {error.start + 1}"
+        if self.utf8:
+            self.report.add("not_utf8", where, detail)
+            return
+        if not self.count:
+            self.first_offset = line_offset + error.start
+        self.count += 1
+        if len(self.held) < self.report.max_locations:
+            self.held.append((where, detail))
+
+    def good(self, raw: bytes) -> None:
+        self.decoded += 1
+        if not self.utf8 and not raw.isascii():
+            self._per_line()
+
+    def _per_line(self) -> None:
+        self.utf8 = True
+        for where, detail in self.held:
+            self.report.add("not_utf8", where, detail)
+        for _ in range(self.count - len(self.held)):
+            self.report.add("not_utf8", self.uri)  # counted; the first locations are listed
+        self.held, self.count = [], 0
+
+    def finish(self, head: bytes) -> bool:
+        """At the end of the file: report a non-UTF-8 file as one problem (True if so)."""
+        if self.utf8 or not self.count:
+            return False
+        if self.count < self.decoded:  # mostly readable: a few damaged lines
+            self._per_line()
+            return False
+        detail = files.describe_encoding(head, self.first_offset)
+        log.warning("%s: %s; %d line(s) skipped", self.uri, detail, self.count)
+        self.report.add("not_utf8", self.uri, f"{detail}; {self.count} line(s) skipped",
+                        skipped=self.count)
+        return True
+
+
 def iter_dialogs(
     root: str,
     split: str,
@@ -185,18 +240,41 @@ def iter_dialogs(
 
     With ``strict`` (or a strict report) the first bad line raises :class:`DataProblem`.
     Without a report, skips are logged as a warning at the end. ``limit`` > 0 stops after
-    that many dialogs.
+    that many dialogs. A file that cannot be read, is not UTF-8 or holds no usable dialog is
+    one problem of the file (``unreadable_file``, ``not_utf8``, ``empty_input``), logged as a
+    warning too.
     """
     uri = dialog_uri(root, split)
     own_report = report is None
     report = Report(strict=strict) if report is None else report
     if strict:
         report.strict = True
-    produced = 0
+    produced = lines = 0
     try:
-        with store.open_read(uri) as handle:
-            for number, raw in enumerate(_iter_lines(handle), start=1):
+        with contextlib.ExitStack() as stack:
+            try:
+                handle = stack.enter_context(files.open_data(root, uri))
+            except StoreNotFound:
+                raise DataError(
+                    f"{uri}: dialog file not found; is {root!r} a StickerChat root?") from None
+            except DataProblem as problem:  # a directory, a broken symlink, outside the root
+                log.warning("%s", problem)
+                report.add_error(problem, skipped=False)
+                return
+            check, offset, head = _Utf8Check(uri, report), 0, b""
+            numbered = enumerate(_iter_lines(handle), start=1)
+            for number, raw in numbered:
+                lines, line_offset, offset = number, offset, offset + len(raw) + 1
                 where = f"{uri}:{number}"
+                if number == 1:
+                    head = raw[:64]
+                    guess = files.describe_encoding(head)
+                    if guess:  # UTF-16/32: no line of it can be read
+                        lines += sum(1 for _ in numbered)
+                        detail = f"{guess}; {lines} line(s) skipped"
+                        log.warning("%s: %s", uri, detail)
+                        report.add("not_utf8", uri, detail, skipped=lines)
+                        return
                 raw = raw.rstrip(b"\r")
                 if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]  # a UTF-8 byte-order mark is not data
@@ -206,11 +284,12 @@ def iter_dialogs(
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    report.add("not_utf8", where, f"invalid byte at column {exc.start + 1}")
+                    check.bad(where, exc, line_offset)
                     continue
+                check.good(raw)
                 try:
                     record = json.loads(text)
-                except (json.JSONDecodeError, ValueError) as exc:
+                except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
                     report.add("bad_json", where, str(exc))
                     continue
                 try:
@@ -222,8 +301,11 @@ def iter_dialogs(
                 produced += 1
                 if limit and produced >= limit:
                     return
-    except StoreNotFound:
-        raise DataError(f"{uri}: dialog file not found; is {root!r} a StickerChat root?") from None
+            if not check.finish(head) and not produced:
+                detail = (f"none of its {lines} line(s) is a usable dialog" if lines
+                          else "the file is empty")
+                log.warning("%s: no usable dialog: %s", uri, detail)
+                report.add("empty_input", uri, detail, skipped=False)
     finally:
         if own_report and report.counts:
             log.warning("%s: skipped %d line(s): %s", uri, report.skipped, dict(report.counts))
@@ -238,13 +320,14 @@ def read_sticker_mapping(
     """``(sticker_id, emoji)`` pairs in set order; bad lines raise unless a report counts them."""
     uri = mapping_uri(root, set_id)
     try:
-        data = store.read_bytes(uri)
+        data = files.read_data(root, uri)  # DataProblem: unreadable, or outside the root
     except StoreNotFound:
         raise DataProblem("unknown_set", uri, f"set {set_id} has no emoji_mapping.txt") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataProblem("not_utf8", uri, f"invalid byte at offset {exc.start}") from None
+        detail = files.describe_encoding(data[:64], exc.start)
+        raise DataProblem("not_utf8", uri, detail) from None
     pairs: list[tuple[int, str]] = []
     seen: set[int] = set()
     for number, line in enumerate(text.splitlines(), start=1):
@@ -278,7 +361,7 @@ def load_sticker(root: str, set_id: int, sticker_id: int) -> np.ndarray:
     """One sticker image as ``[H, W, 3] uint8``; DataProblem names the file when it fails."""
     uri = sticker_uri(root, set_id, sticker_id)
     try:
-        data = store.read_bytes(uri)
+        data = files.read_data(root, uri)  # DataProblem: unreadable, or outside the root
     except StoreNotFound:
         raise DataProblem("npy_missing", uri, "sticker file not found") from None
     return decode_npy(data, uri)

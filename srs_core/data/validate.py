@@ -1,13 +1,18 @@
 """Validation of a StickerChat and a SER30K root: every problem counted, located, reported.
 
-StickerChat: each release file's lines (UTF-8, JSON, keys, integer ids, non-empty context),
+StickerChat: each release file's lines (UTF-8, JSON, keys, integer ids, non-empty context; a
+file that is not UTF-8 at all is one ``not_utf8`` problem, one without a usable dialog
+``empty_input``),
 each dialog's set (``unknown_set``) and sticker (``sticker_not_in_set``), each referenced set's
 ``emoji_mapping.txt`` (``small_set`` is a warning, ``empty_set`` an error), and every sticker
 file of those sets, loaded once each however many dialogs share it (``npy_missing``,
 ``npy_corrupt``, ``npy_bad_shape``, ``npy_bad_values``). A dialog is *usable* when its answer and
 its other candidates all load.
-SER30K: each annotation file (JSON, keys, ``bad_label``) and every image (``image_missing``,
-``image_corrupt``).
+SER30K: each annotation file (JSON, keys, ``bad_label``, ``empty_input``) and every image
+(``image_missing``, ``image_corrupt``).
+Any file may also be ``unreadable_file`` (a directory, a broken symlink, no read permission) or,
+under a local root, ``path_escapes_root`` (it resolves outside the root): one problem of that
+file, and validation goes on.
 
 Validation always reads everything, so a report lists all problems; ``strict`` only decides
 the exit code (non-zero on any error). With no usable dialog or image the code is non-zero
@@ -25,9 +30,8 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from srs_core import store
 from srs_core.config import EMOTIONS
-from srs_core.data import ser30k, stickerchat
+from srs_core.data import files, ser30k, stickerchat
 from srs_core.data.report import DataProblem, Report
 from srs_core.errors import DataError
 
@@ -120,7 +124,7 @@ def validate_stickerchat(
     for split in stickerchat.SPLITS:
         uri = stickerchat.dialog_uri(root, split)
         answers[split], parsed[split] = Counter(), 0
-        if not store.exists(uri):
+        if not files.present(uri):
             report.add("missing_file", uri, f"no release_{split}.json")
             continue
         dialogs = stickerchat.iter_dialogs(root, split, report=report)

@@ -1,7 +1,11 @@
 """Emotion anchors: k-means per emotion class over the teacher's SER30K features.
 
 ``build_anchors`` writes ``[7*K, 2048]`` float32 (class blocks in ``EMOTIONS`` order, NaN and
-infinities -> 0) as ``.npy`` plus a JSON sidecar. Two k-means backends share one interface:
+infinities -> 0) as ``.npy`` plus a JSON sidecar. NaN and infinities in the teacher's features
+are set to 0 before clustering too, and the rows that had them counted per class
+(``non_finite_rows``); a class whose every feature is non-finite is an error.
+
+Two k-means backends share one interface:
 
 - ``kmcuda``: libKMCUDA's ``kmeans_cuda`` (the authors' choice) when it imports and a GPU is
   visible;
@@ -169,6 +173,34 @@ def _class_seed(seed: int, label: int) -> int:
     return int(np.random.SeedSequence([seed, label]).generate_state(1)[0])
 
 
+def finite_features(
+    features: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Features with NaN/inf set to 0, and per class how many rows had such values.
+
+    A NaN crashes faiss and turns every distance into NaN, so none may reach k-means. A class
+    whose every row is non-finite has nothing left to cluster: DataError naming it.
+    """
+    bad = ~np.isfinite(features).all(axis=1)
+    if not bad.any():
+        return features, {}
+    per_class: dict[str, int] = {}
+    lost: list[str] = []
+    for c, name in enumerate(EMOTIONS):
+        members = labels == c
+        if n := int(bad[members].sum()):
+            per_class[name] = n
+            if n == int(members.sum()):
+                lost.append(name)
+    if lost:
+        raise DataError(f"every teacher feature of class(es) {', '.join(lost)} is NaN or "
+                        "infinite: the teacher weights or its input images are broken; retrain "
+                        "or check the teacher")
+    log.warning("%d of %d teacher feature rows hold NaN/inf (set to 0): %s", int(bad.sum()),
+                len(features), per_class)
+    return np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0), per_class
+
+
 def cluster_classes(
     features: np.ndarray,
     labels: np.ndarray,
@@ -185,9 +217,10 @@ def cluster_classes(
     if empty:
         raise DataError(f"no training features for class(es) {', '.join(empty)}; every emotion "
                         "needs at least one usable SER30K training image")
+    features, non_finite = finite_features(features, labels)
     anchors = np.zeros((len(EMOTIONS) * k, features.shape[1]), dtype=np.float32)
     stats: dict[str, Any] = {"inertia": {}, "iterations": {}, "padded": {},
-                             "seconds_per_class": {}}
+                             "seconds_per_class": {}, "non_finite_rows": non_finite}
     for c, name in enumerate(EMOTIONS):
         members = np.ascontiguousarray(features[labels == c], dtype=np.float32)
         started = time.time()

@@ -16,6 +16,7 @@ weights, e.g. ImageNet) or from random initialisation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from srs_core.emotion.images import (
     require_every_class,
 )
 from srs_core.errors import ConfigError, DataError
+from srs_core.runlock import RunLock
 from srs_core.train.checkpoint import CheckpointManager, load_torch, save_torch
 from srs_core.train.distributed import (
     all_reduce_sum,
@@ -127,6 +129,13 @@ def load_teacher(uri: str, device: torch.device | str) -> torch.nn.Module:
         raise ConfigError(f"{uri}: not a teacher backbone ({exc}); {hint}") from None
     if report.missing or report.unexpected:
         raise ConfigError(f"{uri}: not a teacher backbone ({report}); {hint}")
+    # NaN/inf weights (a diverged run) would make every feature NaN and crash k-means later
+    for key, value in backbone.values():
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise ConfigError(f"{uri}: tensor {key!r} has {bad} non-finite value(s) (NaN/inf) "
+                              f"of {value.numel()}; the training that wrote it diverged or the "
+                              f"file is damaged: {hint}")
     if classifier:
         log.info("teacher %s: dropped the classifier %s (features come from the pool)", uri,
                  classifier)
@@ -243,10 +252,17 @@ def train_teacher(cfg: Config, out_uri: str, init_uri: str = "") -> dict[str, An
     """Train (or resume) the teacher on ``cfg.emotion.ser30k``; returns ``metrics.json``'s content.
 
     The best epoch is chosen by validation accuracy; the test split is scored once, at the end.
+    Rank 0 holds ``out_uri``'s run lock: a second run on the same output is refused.
     """
+    dist = init_distributed()
+    lock = RunLock(out_uri, "srs emotion train") if dist.is_master else contextlib.nullcontext()
+    with lock:
+        return _train_teacher(cfg, out_uri, init_uri, dist)
+
+
+def _train_teacher(cfg: Config, out_uri: str, init_uri: str, dist) -> dict[str, Any]:
     e = cfg.emotion
     started = time.time()
-    dist = init_distributed()
     device = dist.device
     report = Report()
     if dist.is_master:
