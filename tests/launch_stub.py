@@ -95,9 +95,14 @@ class StubApiServer:
     conflict_job: dict[str, Any] | None = None  # appears just before the POST, which gets 409
     on_create: Callable[[], None] | None = None  # runs while a POST is being answered
     log_reads: dict[str, int] = field(default_factory=dict)
+    # Requests it matches are recorded but never answered: an API server that stopped
+    # answering (overloaded, partitioned, or a load balancer holding a dead backend).
+    hang: Callable[[Request], bool] | None = None
+    silent_logs: bool = False  # log streams stay open after their lines, without a word
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
+        self._released = threading.Event()  # set by stop(): hanging handlers end then
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -129,6 +134,7 @@ class StubApiServer:
         return self
 
     def stop(self) -> None:
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -155,9 +161,16 @@ class StubApiServer:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
+        request = Request(method, parts.path, query, body,
+                          {k.lower(): v for k, v in handler.headers.items()})
         with self.lock:
-            self.requests.append(Request(method, parts.path, query, body,
-                                         {k.lower(): v for k, v in handler.headers.items()}))
+            self.requests.append(request)
+            hang = self.hang is not None and self.hang(request)
+        if hang:
+            # No status line, no headers: only the client's read timeout ends this request.
+            self._released.wait()
+            handler.close_connection = True
+            return None
         route = [(_JOBS, self._jobs), (_PODS, self._pods), (_LOG, self._log),
                  (_EVENTS, self._events)]
         for pattern, serve in route:
@@ -229,6 +242,13 @@ class StubApiServer:
         for line in lines:
             data = (line + "\n").encode()
             handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        if self.silent_logs:
+            # A quiet container, or a connection dropped without a FIN: the reader cannot
+            # tell them apart and only its read timeout ends the stream.
+            handler.wfile.flush()
+            self._released.wait()
+            handler.close_connection = True
+            return
         handler.wfile.write(b"0\r\n\r\n")
 
     def _events(self, handler: Any, method: str, query: dict, body: Any, namespace: str) -> None:

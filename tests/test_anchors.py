@@ -245,3 +245,17 @@ def test_build_anchors_through_s3(ser30k: Path, teacher_weights: Path, s3_server
 def test_build_anchors_without_teacher_is_a_config_error(ser30k: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="teacher"):
         build_anchors(str(ser30k), "", 2, str(tmp_path / "a.npy"))
+
+
+def test_k_beyond_what_the_data_holds_is_refused_before_allocating(
+    ser30k: Path, teacher_weights: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"k=10000000 anchors per class is outside 1\.\.4096"):
+        build_anchors(str(ser30k), str(teacher_weights), 10_000_000, str(tmp_path / "a.npy"))
+    with pytest.raises(ConfigError, match=r"k=0 anchors per class is outside"):
+        build_anchors(str(ser30k), str(teacher_weights), 0, str(tmp_path / "a.npy"))
+    # 54 usable images over 7 classes: no class has 100, every anchor would be a repeat.
+    with pytest.raises(ConfigError, match="no class has more than"):
+        build_anchors(str(ser30k), str(teacher_weights), 100, str(tmp_path / "a.npy"),
+                      backend="cpu", image_size=32, batch_size=16)
+    assert not (tmp_path / "a.npy").exists()

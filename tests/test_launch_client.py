@@ -18,8 +18,9 @@ from kubernetes.client import Configuration
 from launch_stub import GONE, StubApiServer, conditions, event, pod
 
 from srs_core.cli import main
-from srs_core.errors import JobError
+from srs_core.errors import ConfigError, JobError
 from srs_core.launch import JobSpec, PyTorchJobLauncher, kube_configuration, render_pytorchjob
+from srs_core.launch.client import DEFAULT_REQUEST_TIMEOUT, request_timeout_from_env
 
 NS = "srs"
 NAME = "srs-train-run1"
@@ -52,6 +53,21 @@ def after_log_read(state: str, then: str, pod_name: str = MASTER, reads: int = 1
 
 def logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
     return sum(text in record.getMessage() for record in caplog.records)
+
+
+def hang_after(stub: StubApiServer, job_gets: int) -> None:
+    """From the ``job_gets + 1``-th GET of the job on, the stub answers no request at all."""
+    stub.hang = lambda request: len(stub.calls("GET", f"{JOBS}/{NAME}")) > job_gets
+
+
+def write_kubeconfig(path, server: str, token: str = "t", namespace: str = "") -> str:
+    context = f", namespace: {namespace}" if namespace else ""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: stub\n"
+        f"clusters: [{{name: stub, cluster: {{server: '{server}'}}}}]\n"
+        f"users: [{{name: runner, user: {{token: {token}}}}}]\n"
+        f"contexts: [{{name: stub, context: {{cluster: stub, user: runner{context}}}}}]\n")
+    return str(path)
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +118,11 @@ def test_failed_job_fails_the_step_and_says_why(stub, spec):
     assert "not ours" not in message and "job failed" not in message  # other job, Normal
     assert "CUDA out of memory" in message  # the master's last log lines
     assert stub.calls("DELETE") == []  # on-success keeps a failed job for inspection
-    assert stub.calls("GET", "/events")[0].query == {"fieldSelector": "type=Warning"}
+    # List calls are bounded on the server too (timeoutSeconds = the request timeout, 5s).
+    assert stub.calls("GET", "/events")[0].query == {"fieldSelector": "type=Warning",
+                                                     "timeoutSeconds": "5"}
+    pod_lists = [r for r in stub.calls("GET", "/pods") if r.path.endswith("/pods")]
+    assert pod_lists and all(r.query["timeoutSeconds"] == "5" for r in pod_lists)
 
 
 def test_cleanup_always_deletes_a_failed_job(stub, spec):
@@ -210,6 +230,90 @@ def test_transient_api_errors_are_retried_then_given_up(stub, spec):
         launcher.watch(NAME, NS, timeout=30)
 
 
+@pytest.mark.parametrize("cleanup", ["on-success", "never"])
+def test_hung_api_server_ends_the_run_within_timeout_plus_one_request_timeout(stub, spec,
+                                                                              cleanup):
+    stub.pods.append(pod(NAME))
+    stub.logs[MASTER] = ["epoch 1 loss 0.9"]
+    stub.script(NAME, conditions("Running"))
+    hang_after(stub, job_gets=3)  # the submit's GET and two polls are answered
+    launcher = launcher_for(stub, request_timeout=1.0)
+    began = time.monotonic()
+    with pytest.raises(JobError) as info:
+        launcher.run(spec, timeout=2.0, cleanup=cleanup)
+    elapsed = time.monotonic() - began
+    launcher.close()
+    # The last poll is cut to the deadline; only the cleanup DELETE may add a request timeout.
+    assert 2.0 <= elapsed < 2.0 + (1.0 if cleanup == "on-success" else 0.0) + 0.75
+    message = str(info.value)
+    assert f"{NS}/{NAME} did not finish within 2s (last state Running)" in message
+    assert f"cannot read PyTorchJob {NS}/{NAME}: the Kubernetes API server at {stub.url} " \
+           "did not answer within" in message
+    deletes = stub.calls("DELETE", f"{JOBS}/{NAME}")
+    if cleanup == "on-success":  # tried, failed, and said so without hiding the timeout
+        assert len(deletes) == 1
+        assert (f"it was not deleted (cannot delete PyTorchJob {NS}/{NAME}: the Kubernetes API "
+                f"server at {stub.url} did not answer within 1s); delete it with: kubectl -n "
+                f"{NS} delete pytorchjob {NAME}") in message
+    else:
+        assert deletes == [] and "not deleted" not in message
+
+
+def test_hung_api_server_at_submit_fails_after_one_request_timeout(stub, spec):
+    stub.hang = lambda request: True
+    began = time.monotonic()
+    with pytest.raises(JobError, match=rf"cannot read PyTorchJob {NS}/{NAME}: the Kubernetes "
+                                       r"API server at http://127\.0\.0\.1:\d+ did not answer "
+                                       r"within 0\.5s$"):
+        launcher_for(stub, request_timeout=0.5).run(spec, timeout=30)
+    assert time.monotonic() - began < 0.5 + 0.75
+    assert len(stub.requests) == 1  # urllib3 did not retry it behind the launcher's back
+
+
+def test_hung_api_server_without_a_timeout_gives_up_after_max_api_failures(stub, spec):
+    stub.add_job(render_pytorchjob(spec), conditions("Running"))
+    stub.hang = lambda request: True
+    launcher = launcher_for(stub, request_timeout=0.3, max_api_failures=2)
+    with pytest.raises(JobError, match=r"did not answer within 0\.3s \(3 requests in a row "
+                                       r"failed\); the job is left as it is: a retry of this "
+                                       r"step adopts it"):
+        launcher.watch(NAME, NS)
+    assert len(stub.calls("GET")) == 3
+
+
+def test_unreachable_api_server_is_named(spec):
+    server = StubApiServer().start()
+    url = server.url
+    server.stop()  # nothing listens on the port any more
+    launcher = PyTorchJobLauncher(Configuration(host=url), request_timeout=2)
+    with pytest.raises(JobError, match=rf"the Kubernetes API server at {url} could not be "
+                                       r"reached \(NewConnectionError"):
+        launcher.get(NAME, NS)
+
+
+def test_silent_log_stream_is_reopened_without_repeating_lines(stub, spec, caplog):
+    stub.pods.append(pod(NAME))
+    stub.logs[MASTER] = ["epoch 1 loss 0.9"]
+    stub.silent_logs = True  # the stream never ends by itself: only the idle timeout cuts it
+    stub.script(NAME, after_log_read("Running", "Succeeded", reads=3))
+    outcome = launcher_for(stub, log_idle_timeout=0.2).run(spec, timeout=30)
+    assert outcome.state == "Succeeded" and stub.log_reads[MASTER] >= 3
+    assert logged(caplog, "epoch 1 loss 0.9") == 1
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, DEFAULT_REQUEST_TIMEOUT), ("", 30.0),
+                                                ("2.5", 2.5), (" 10 ", 10.0)])
+def test_request_timeout_comes_from_the_environment(value, seconds):
+    env = {} if value is None else {"SRS_K8S_TIMEOUT": value}
+    assert request_timeout_from_env(env) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_bad_request_timeout_is_a_config_error(value):
+    with pytest.raises(ConfigError, match=f"SRS_K8S_TIMEOUT='{value}'"):
+        request_timeout_from_env({"SRS_K8S_TIMEOUT": value})
+
+
 def _when_running(stub: StubApiServer, action) -> threading.Thread:
     def wait_then_act() -> None:
         deadline = time.monotonic() + 20
@@ -251,28 +355,18 @@ def test_sigterm_while_the_job_is_being_created_still_deletes_it(stub, spec):
 
 def test_kubeconfig_is_used_when_not_in_a_pod(stub, spec, tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: stub\n"
-        f"clusters: [{{name: stub, cluster: {{server: '{stub.url}'}}}}]\n"
-        "users: [{name: runner, user: {token: test-token}}]\n"
-        "contexts: [{name: stub, context: {cluster: stub, user: runner, namespace: srs}}]\n")
+    kubeconfig = write_kubeconfig(tmp_path / "config", stub.url, "test-token", namespace=NS)
     stub.script(NAME, conditions("Succeeded"))
-    launcher = PyTorchJobLauncher(kube_configuration(str(kubeconfig)), poll_interval=0.02)
+    launcher = PyTorchJobLauncher(kube_configuration(kubeconfig), poll_interval=0.02)
     launcher.run(spec, timeout=30, follow_logs=False)
     assert {r.headers.get("authorization") for r in stub.requests} == {"Bearer test-token"}
 
 
 def test_cli_job_run_against_the_stub(stub, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: stub\n"
-        f"clusters: [{{name: stub, cluster: {{server: '{stub.url}'}}}}]\n"
-        "users: [{name: runner, user: {token: t}}]\n"
-        "contexts: [{name: stub, context: {cluster: stub, user: runner}}]\n")
+    kubeconfig = write_kubeconfig(tmp_path / "config", stub.url)
     stub.script(NAME, conditions("Running"), conditions("Succeeded"))
-    code = main(["job", "run", "--kubeconfig", str(kubeconfig), "--image", "srs:test",
+    code = main(["job", "run", "--kubeconfig", kubeconfig, "--image", "srs:test",
                  "--name", NAME, "--namespace", NS, "--poll-interval", "0.02",
                  "--timeout", "30", "--cleanup", "never", "--", "train", "--preset", "tiny"])
     outcome = json.loads(capsys.readouterr().out)
@@ -280,6 +374,21 @@ def test_cli_job_run_against_the_stub(stub, tmp_path, monkeypatch, capsys):
     container = stub.calls("POST")[0].body["spec"]["pytorchReplicaSpecs"]["Master"]
     assert container["template"]["spec"]["containers"][0]["args"][2:] == [
         "train", "--preset", "tiny"]
+
+
+def test_cli_job_run_timeout_holds_when_the_api_server_stops_answering(stub, tmp_path,
+                                                                       monkeypatch, caplog):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("SRS_K8S_TIMEOUT", "1")
+    kubeconfig = write_kubeconfig(tmp_path / "config", stub.url)
+    stub.script(NAME, conditions("Running"))
+    hang_after(stub, job_gets=2)
+    began = time.monotonic()
+    code = main(["job", "run", "--kubeconfig", kubeconfig, "--image", "srs:test", "--name",
+                 NAME, "--namespace", NS, "--poll-interval", "0.05", "--timeout", "2",
+                 "--", "train", "--preset", "tiny"])
+    assert code != 0 and time.monotonic() - began < 2 + 1 + 0.75  # + the cleanup DELETE's 1s
+    assert f"the Kubernetes API server at {stub.url} did not answer within 1s" in caplog.text
 
 
 def test_missing_kubeconfig_is_a_job_error(tmp_path, monkeypatch):

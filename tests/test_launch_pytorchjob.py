@@ -20,7 +20,14 @@ from srs_core.launch import (
     render_yaml,
     validate_pytorchjob,
 )
-from srs_core.launch.pytorchjob import _ENV_FIELDS, CRD_PATH, ENV_VARIABLES
+from srs_core.launch.pytorchjob import (
+    _ENV_FIELDS,
+    CRD_PATH,
+    ENV_VARIABLES,
+    POD_LABELS,
+    WRITABLE_ENV,
+    WRITABLE_MOUNTS,
+)
 
 SHARED_CRD = Path(__file__).resolve().parents[2] / "shared/schemas/kubeflow.org_pytorchjobs.yaml"
 
@@ -44,11 +51,77 @@ def _env(container: dict) -> dict:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+def _pods(manifest: dict) -> list[dict]:
+    return [r["template"] for r in manifest["spec"]["pytorchReplicaSpecs"].values()]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 @pytest.mark.parametrize("key", sorted(SPECS))
 def test_rendered_jobs_validate_against_the_crd(key):
     manifest = render_pytorchjob(SPECS[key])
     validate_pytorchjob(manifest, CRD_PATH)  # strict: unknown fields are errors too
     assert (manifest["apiVersion"], manifest["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    # Read-only root: every place the code writes is a writable emptyDir of the pod.
+    for pod in _pods(manifest):
+        assert POD_LABELS.items() <= pod["metadata"]["labels"].items()
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        (container,) = pod["spec"]["containers"]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts == {"/dev/shm": "dshm", **{p: n for n, p in WRITABLE_MOUNTS.items()}}
+        assert all("emptyDir" in volumes[name] for name in mounts.values())
+        assert not any(m.get("readOnly") for m in container["volumeMounts"])
+        assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+        env = _env(container)
+        assert {k: env[k] for k in WRITABLE_ENV} == WRITABLE_ENV
+        for path in [*WRITABLE_ENV.values(), container["workingDir"]]:
+            assert any(_under(path, mount) for mount in mounts), path
+        assert env["SRS_CACHE_DIR"] != env["TMPDIR"]  # the cache is not wiped with /tmp
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    """The checks of the Pod Security Standard "restricted" (Kubernetes 1.29+) a pod fails."""
+    spec, problems = pod["spec"], []
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                       "persistentVolumeClaim", "projected", "secret"}
+    problems += [f"host namespace {k}" for k in ("hostNetwork", "hostPID", "hostIPC")
+                 if spec.get(k)]
+    problems += [f"volume {v['name']}" for v in spec.get("volumes", [])
+                 if not set(v) - {"name"} <= allowed_volumes]
+    pod_context = spec.get("securityContext", {})
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        context = {**pod_context, **container.get("securityContext", {})}
+        name = container["name"]
+        if context.get("privileged") or context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: privilege escalation allowed")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []) or set(capabilities.get("add", [])) - {
+                "NET_BIND_SERVICE"}:
+            problems.append(f"{name}: capabilities not dropped")
+        if context.get("runAsNonRoot") is not True or context.get("runAsUser") == 0:
+            problems.append(f"{name}: may run as root")
+        if context.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: no seccomp profile")
+        if any(p.get("hostPort") for p in container.get("ports", [])):
+            problems.append(f"{name}: host port")
+    return problems
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_job_pods_meet_pod_security_restricted(key):
+    for pod in _pods(render_pytorchjob(SPECS[key])):
+        assert _restricted_violations(pod) == []
+    # The checker does catch what the launcher leaves out.
+    bare = {"spec": {"containers": [{"name": "step", "securityContext": {"runAsUser": 1000,
+                                                                         "runAsNonRoot": True}}]}}
+    assert _restricted_violations(bare) == [
+        "step: privilege escalation allowed", "step: capabilities not dropped",
+        "step: no seccomp profile"]
 
 
 def test_vendored_crd_is_the_shared_copy():
@@ -86,9 +159,15 @@ def test_multi_node_gpu_job_structure():
     assert pod["metadata"]["labels"]["srs-kubeflow/run-id"] == "r1"
     assert manifest["metadata"]["labels"]["srs-kubeflow/run-id"] == "r1"
     assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
-    assert pod["spec"]["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory",
-                                                                     "sizeLimit": "64Gi"}}]
-    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert pod["spec"]["volumes"] == [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}},
+        {"name": "home", "emptyDir": {}}, {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}}]
+    assert container["volumeMounts"] == [
+        {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "home", "mountPath": "/home/srs"},
+        {"name": "cache", "mountPath": "/cache"}, {"name": "tmp", "mountPath": "/tmp"}]
+    assert container["workingDir"] == "/home/srs"  # the images' HOME (images/Dockerfile.*)
+    assert env["HOME"] == "/home/srs" and env["SRS_CACHE_DIR"] == "/cache/srs"
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal",
                                            "value": "present", "effect": "NoSchedule"}]
@@ -146,6 +225,8 @@ def test_validation_requires_replica_specs():
     ({"memory": "16GB"}, "not a Kubernetes quantity"),
     ({"run_id": "a" * 64}, "not a valid label value"),
     ({"env": {"NCCL_DEBUG": "INFO"}}, "set by the launcher"),
+    ({"env": {"SRS_CACHE_DIR": "/data"}}, "set by the launcher"),  # must stay on a volume
+    ({"labels": {"app.kubernetes.io/component": "eval"}}, "NetworkPolicy"),
     ({"train_args": ["train", "train.output=/elsewhere"], "checkpoint_uri": "s3://b/c"},
      "give only one"),
 ])

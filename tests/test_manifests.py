@@ -21,13 +21,14 @@ from launch_stub import StubApiServer, conditions, event, pod
 
 from srs_core.errors import JobError
 from srs_core.launch import JobSpec, PyTorchJobLauncher, render_pytorchjob
-from srs_core.launch.pytorchjob import ENV_VARIABLES, S3_ENV_KEYS
+from srs_core.launch.pytorchjob import ENV_VARIABLES, POD_LABELS, PORT_NAME, S3_ENV_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 TARGETS = ["base", "overlays/single-node-demo", "overlays/multi-node-gpu"]
 K8S_VERSIONS = ["1.29.0", "1.37.0"]
-NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "ResourceQuota"}
+NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "ResourceQuota",
+              "NetworkPolicy"}
 
 
 def missing(what: str) -> None:
@@ -68,8 +69,8 @@ def test_objects_validate_against_kubernetes_schemas(target, version):
 def test_everything_stays_in_the_srs_namespace(target):
     docs = render(target)
     kinds = sorted(doc["kind"] for doc in docs)
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret",
-            "ConfigMap"} <= set(kinds)
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap",
+            "NetworkPolicy"} <= set(kinds)
     assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
     for doc in docs:
         assert doc["kind"] in NAMESPACED | {"Namespace"}, doc["kind"]
@@ -157,3 +158,103 @@ def test_overlay_images_are_the_images_the_components_use():
     images = {t: by_kind(t, "ConfigMap")[0]["data"]["SRS_JOB_IMAGE"] for t in TARGETS[1:]}
     assert images == {"overlays/single-node-demo": BASE_IMAGE,
                       "overlays/multi-node-gpu": GPU_IMAGE}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_namespace_enforces_baseline_and_warns_and_audits_restricted(target):
+    (namespace,) = by_kind(target, "Namespace")
+    labels = namespace["metadata"]["labels"]
+    assert {k: v for k, v in labels.items() if k.startswith("pod-security.")} == {
+        "pod-security.kubernetes.io/enforce": "baseline",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted"}
+
+
+# -- NetworkPolicy semantics, as the Kubernetes documentation defines them ---------------------
+# A destination or source: (labels of its namespace, labels of its pod); (None, None) is an
+# address outside the cluster. Only what these manifests use is modelled (matchLabels, numeric
+# ports, no ipBlock); _check_modelled() fails if a policy goes beyond it.
+Endpoint = tuple[dict | None, dict | None]
+SRS_NS = {"kubernetes.io/metadata.name": "srs"}
+
+
+def _check_modelled(policy: dict) -> None:
+    text = repr(policy)
+    assert "matchExpressions" not in text and "ipBlock" not in text and "endPort" not in text
+
+
+def _selects(selector: dict, labels: dict | None) -> bool:
+    return labels is not None and selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _peer_matches(peer: dict, other: Endpoint) -> bool:
+    namespace, labels = other
+    if "namespaceSelector" in peer:
+        in_namespace = _selects(peer["namespaceSelector"], namespace)
+    else:  # a podSelector alone means the policy's own namespace
+        in_namespace = namespace == SRS_NS
+    return in_namespace and _selects(peer.get("podSelector", {}), labels)
+
+
+def _traffic_allowed(policies: list[dict], direction: str, pod: dict, other: Endpoint,
+                     port: int, protocol: str = "TCP") -> bool:
+    """Whether traffic between ``pod`` (in srs) and ``other`` is allowed in ``direction``."""
+    kind, peers_key = {"egress": ("Egress", "to"), "ingress": ("Ingress", "from")}[direction]
+    isolating = [p for p in policies if _selects(p["spec"]["podSelector"], pod)
+                 and kind in p["spec"]["policyTypes"]]
+    if not isolating:
+        return True
+    for policy in isolating:
+        _check_modelled(policy)
+        for rule in policy["spec"].get(direction, []):
+            peers, ports = rule.get(peers_key), rule.get("ports")
+            if ((not peers or any(_peer_matches(peer, other) for peer in peers))
+                    and (not ports or any(p.get("protocol", "TCP") == protocol
+                                          and p.get("port") in (None, port) for p in ports))):
+                return True
+    return False
+
+
+def test_network_policies_select_the_pods_the_launcher_labels():
+    policies = by_kind("base", "NetworkPolicy")
+    assert {p["metadata"]["name"] for p in policies} == {"srs-trainer",
+                                                         "srs-trainer-object-store"}
+    for policy in policies:
+        assert policy["spec"]["podSelector"] == {"matchLabels": POD_LABELS}
+    # The pods of a rendered job carry them (the Training Operator only adds labels).
+    job = render_pytorchjob(JobSpec(name="srs-train-np", image="i", workers=2, run_id="r"))
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        labels = replica["template"]["metadata"]["labels"]
+        assert all(_selects(p["spec"]["podSelector"], labels) for p in policies)
+        port = replica["template"]["spec"]["containers"][0]["ports"][0]
+        assert port["name"] == PORT_NAME  # the rendezvous port, allowed between peers below
+
+
+MINIO: Endpoint = ({"kubernetes.io/metadata.name": "kubeflow"}, {"app": "minio"})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_training_pods_reach_peers_dns_and_the_object_store_only(target):
+    policies = by_kind(target, "NetworkPolicy")
+    trainer = {**POD_LABELS, "training.kubeflow.org/job-name": "srs-train-x"}
+
+    def allowed(direction: str, other: Endpoint, port: int, protocol: str = "TCP") -> bool:
+        return _traffic_allowed(policies, direction, trainer, other, port, protocol)
+
+    peer: Endpoint = (SRS_NS, {**POD_LABELS, "training.kubeflow.org/job-role": "worker"})
+    dns: Endpoint = ({"kubernetes.io/metadata.name": "kube-system"}, {"k8s-app": "kube-dns"})
+    step: Endpoint = (SRS_NS, {"pipelines.kubeflow.org/v2_component": "true"})
+    internet: Endpoint = (None, None)
+    for port in (23456, 29500, 47113):  # rendezvous, torchrun's default, an NCCL/gloo port
+        assert allowed("egress", peer, port) and allowed("ingress", peer, port)
+    assert allowed("egress", dns, 53, "UDP") and allowed("egress", dns, 53, "TCP")
+    assert not allowed("egress", dns, 8080)
+    # Kubeflow's MinIO is the store of both overlays; the base's placeholder allows nothing.
+    assert allowed("egress", MINIO, 9000) == (target != "base")
+    assert not allowed("egress", MINIO, 9001)  # MinIO's console
+    assert not allowed("egress", internet, 443)
+    assert not allowed("egress", step, 8080)
+    assert not allowed("ingress", step, 23456)  # not even from the pipeline's step
+    assert not allowed("ingress", ({"kubernetes.io/metadata.name": "team-b"}, peer[1]), 23456)
+    # Pods the policies do not select (the pipeline's steps) are not isolated by them.
+    assert _traffic_allowed(policies, "egress", step[1], internet, 443)

@@ -206,3 +206,19 @@ def test_sentiment_that_scores_no_dialog_is_loud(tmp_path: Path, caplog) -> None
     assert summary["dialogs"] == 0 and "no dialog could be scored" in caplog.text
     with pytest.raises(DataError):
         run_sentiment(str(source), str(tmp_path / "strict.jsonl"), workers=1, strict=True)
+
+
+def test_upload_reports_what_it_did_not_copy(tmp_path: Path, s3_server: str, capsys) -> None:
+    source, outside = tmp_path / "data", tmp_path / "secret.txt"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+    outside.write_text("not for the bucket")
+    (source / "leak.txt").symlink_to(outside)
+    destination = f"{s3_server}/uploads/data"
+    assert main(["data", "upload", str(source), destination, "--strict"]) != 0
+    assert main(["data", "upload", str(source), destination]) == 1
+    out = capsys.readouterr().out
+    assert "copied 1 objects" in out and "not copied:" in out and "leak.txt" in out
+    from srs_core import store
+
+    assert [o.relpath for o in store.list_objects(destination)] == ["a.txt"]

@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("destination", metavar="URI", help="e.g. s3://bucket/prefix")
     upload.add_argument("--workers", type=int, default=8, help="parallel uploads (default 8)")
     upload.add_argument("--json", action="store_true", help="print the result as JSON")
+    upload.add_argument("--strict", action="store_true",
+                        help="copy nothing when a source entry cannot be copied (symlinks "
+                        "leading outside the source, broken links)")
     upload.set_defaults(func=_upload)
 
 
@@ -78,10 +81,14 @@ def _synth(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from srs_core import store
 
-    report = store.copy_tree(args.source, args.destination, workers=args.workers)
+    report = store.copy_tree(args.source, args.destination, workers=args.workers,
+                             strict=args.strict)
     if args.json:
-        print_json({"copied": report.copied, "skipped": report.skipped, "bytes": report.bytes})
+        print_json({"copied": report.copied, "skipped": report.skipped, "bytes": report.bytes,
+                    "problems": report.problems})
     else:
         sys.stdout.write(f"copied {report.copied} objects ({report.bytes} bytes), "
                          f"skipped {report.skipped} already present\n")
-    return 0
+        for line in report.problems:
+            sys.stdout.write(f"not copied: {line}\n")
+    return 1 if report.problems else 0

@@ -249,6 +249,9 @@ def anchor_uris(out_uri: str) -> tuple[str, str]:
     return stem + ".npy", stem + ".json"
 
 
+MAX_K = 4096  # anchors per class: 7 x 4096 x 2048 float32 = 235 MB
+
+
 def build_anchors(
     ser30k_uri: str,
     teacher_uri: str,
@@ -273,6 +276,8 @@ def build_anchors(
     if not teacher_uri:
         raise ConfigError("no teacher weights given: pass --teacher URI (teacher.pth from "
                           "`srs emotion train`) or set emotion.teacher")
+    if not 1 <= k <= MAX_K:  # 7 * K rows of 2048 floats: refuse before any allocation
+        raise ConfigError(f"k={k} anchors per class is outside 1..{MAX_K} (the paper uses 60)")
     started = time.time()
     chosen = get_backend(backend)  # fail before the feature pass, not after it
     report = Report()
@@ -284,6 +289,10 @@ def build_anchors(
         buffer = io.BytesIO()
         np.savez(buffer, features=features, labels=labels)
         store.write_bytes(features_uri, buffer.getvalue())
+    largest = int(np.bincount(labels, minlength=len(EMOTIONS)).max()) if len(labels) else 0
+    if k > largest:
+        raise ConfigError(f"k={k} anchors per class, but no class has more than {largest} "
+                          "training images: every anchor would be a repeated image; lower k")
     anchors, stats = cluster_classes(features, labels, k, chosen, iterations, seed)
     npy_uri, json_uri = anchor_uris(out_uri)
     buffer = io.BytesIO()

@@ -1,23 +1,34 @@
 """Create (or adopt), follow, wait for, explain and clean up a PyTorchJob on a cluster.
 
-Job create/get/delete and the pod list go through the ``kubeflow-training`` SDK's
-``TrainingClient``; the master's log stream and the events go through its ``kubernetes``
-CoreV1Api, because the SDK prints followed logs to stdout and only lists events unfiltered.
+Every request to the API server is bounded: a connect and a read timeout of ``SRS_K8S_TIMEOUT``
+seconds (default 30), list calls also carry ``timeoutSeconds`` for the server, and the master's
+log stream is re-opened after a silent spell. So a hung or partitioned API server makes
+``run(timeout=T)`` end within about T plus one request timeout, with an error that says so.
+
+The calls go through the ``kubernetes`` client's CustomObjectsApi/CoreV1Api with
+``_request_timeout``; the ``kubeflow-training`` SDK supplies the job models only. Its
+TrainingClient cannot bound them: ``create_job``/``delete_job`` take no timeout, and ``get_job``
+only stops *waiting* while its request stays blocked in a thread pool that ``close()`` joins.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from srs_core.errors import JobError
+from srs_core.errors import ConfigError, JobError
 from srs_core.launch._signals import cancel_on_sigterm
-from srs_core.launch.logs import JOB_NAME_LABEL, LogFollower
+from srs_core.launch.logs import JOB_NAME_LABEL, LogFollower, list_limits
 from srs_core.launch.pytorchjob import (
+    API_VERSION,
     RUN_ID_LABEL,
     JobSpec,
     build_pytorchjob,
@@ -29,6 +40,25 @@ log = logging.getLogger(__name__)
 
 CLEANUP_POLICIES = ("always", "on-success", "never")
 TERMINAL = ("Succeeded", "Failed", "Timeout", "Cancelled", "Vanished")
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL = "pytorchjobs"
+TIMEOUT_ENV = "SRS_K8S_TIMEOUT"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+
+
+def request_timeout_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds each API request may wait to connect and for each read (``SRS_K8S_TIMEOUT``)."""
+    text = (os.environ if environ is None else environ).get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise ConfigError(f"environment {TIMEOUT_ENV}={text!r}: expected a positive number of "
+                          "seconds")
+    return seconds
 
 
 def kube_configuration(kubeconfig: str | None = None, context: str | None = None):
@@ -67,21 +97,54 @@ class JobOutcome:
         return asdict(self)
 
 
-def _status_code(exc: BaseException) -> int | None:
-    """HTTP status behind an SDK error (the SDK wraps ApiException in RuntimeError)."""
+@functools.cache
+def _api_errors() -> tuple[type[BaseException], ...]:
+    """What a request can raise: an HTTP error status, or no usable answer at all."""
+    import urllib3
     from kubernetes.client.rest import ApiException
 
-    while exc is not None:
-        if isinstance(exc, ApiException):
-            return exc.status
-        exc = exc.__cause__
-    return None
+    return ApiException, urllib3.exceptions.HTTPError
 
 
-def _reason(exc: BaseException) -> str:
-    """The SDK's message plus the error it wrapped (it drops the cause of non-API errors)."""
-    inner = exc.__cause__ or exc.__context__
-    return f"{exc} ({type(inner).__name__}: {inner})" if inner else str(exc)
+def _status_code(exc: BaseException) -> int | None:
+    """HTTP status of an API error; None when the API server gave no answer."""
+    from kubernetes.client.rest import ApiException
+
+    return exc.status if isinstance(exc, ApiException) else None
+
+
+def _problem(exc: BaseException, host: str, timeout: float) -> str:
+    """One line on what went wrong between us and the API server (urllib3's text is cryptic)."""
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+
+    status = _status_code(exc)
+    if status is not None:
+        try:
+            message = json.loads(exc.body)["message"]
+        except (TypeError, ValueError, KeyError):
+            message = exc.body or ""
+        return f"the API server answered {status} {exc.reason}: {message}"
+    where = f"the Kubernetes API server at {host}"
+    if isinstance(exc, ReadTimeoutError):
+        return f"{where} did not answer within {timeout:.3g}s"
+    # NewConnectionError (refused, no route) subclasses ConnectTimeoutError in urllib3 2.
+    if isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError):
+        return f"{where} did not accept a connection within {timeout:.3g}s"
+    return f"{where} could not be reached ({type(exc).__name__}: {exc})"
+
+
+@dataclass
+class _Body:
+    """What the SDK's ``ApiClient.deserialize`` reads: a response with a JSON ``data``."""
+
+    data: str
+
+
+@functools.cache
+def _sdk_client() -> Any:
+    from kubeflow.training import ApiClient
+
+    return ApiClient()  # knows the kubeflow.org models; makes no requests
 
 
 def job_state(job: Any) -> tuple[str, Any]:
@@ -101,17 +164,21 @@ class PyTorchJobLauncher:
     """Runs one SRS PyTorchJob at a time: submit or adopt, follow logs, wait, clean up."""
 
     def __init__(self, configuration: Any = None, *, poll_interval: float = 10.0,
-                 request_timeout: float = 30.0, log_drain_timeout: float = 30.0,
-                 max_api_failures: int = 5):
-        from kubeflow.training import TrainingClient
+                 request_timeout: float | None = None, log_drain_timeout: float = 30.0,
+                 log_idle_timeout: float = 300.0, max_api_failures: int = 5):
+        from kubernetes import client
 
         self.configuration = configuration or kube_configuration()
-        self.training = TrainingClient(client_configuration=self.configuration,
-                                       namespace="default")
-        self.core = self.training.core_api
+        # urllib3 would retry a timed-out GET three times, each with a fresh timeout: the
+        # watch loop retries instead, counting every failure and minding the deadline.
+        self.configuration.retries = False
+        self.api = client.ApiClient(self.configuration)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
         self.poll_interval = poll_interval
-        self.request_timeout = request_timeout
+        self.request_timeout = request_timeout or request_timeout_from_env()
         self.log_drain_timeout = log_drain_timeout
+        self.log_idle_timeout = log_idle_timeout
         self.max_api_failures = max_api_failures
         self._cancelled = threading.Event()
         self._current: tuple[str, str] | None = None
@@ -119,26 +186,44 @@ class PyTorchJobLauncher:
         self._deleted_by_cancel = False
 
     # -- single API calls -------------------------------------------------------------------
-    def get(self, name: str, namespace: str) -> Any:
+    def _timeout(self, deadline: float | None = None) -> tuple[float, float]:
+        """(connect, read) timeouts of one request, cut to what is left before ``deadline``."""
+        seconds = self.request_timeout
+        if deadline is not None:
+            seconds = min(seconds, max(deadline - time.monotonic(), 0.1))
+        return seconds, seconds
+
+    def _error(self, what: str, exc: BaseException, timeout: tuple[float, float]) -> JobError:
+        return JobError(f"{what}: {_problem(exc, self.configuration.host, timeout[1])}")
+
+    def get(self, name: str, namespace: str, deadline: float | None = None) -> Any:
         """The job model, or None if it does not exist."""
+        timeout = self._timeout(deadline)
         try:
-            return self.training.get_job(name, namespace, timeout=int(self.request_timeout))
-        except (RuntimeError, TimeoutError) as exc:
+            data = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=timeout)
+        except _api_errors() as exc:
             if _status_code(exc) == 404:
                 return None
-            raise JobError(f"cannot read PyTorchJob {namespace}/{name}: {_reason(exc)}") from exc
+            raise self._error(f"cannot read PyTorchJob {namespace}/{name}", exc, timeout) from exc
+        from kubeflow.training import KubeflowOrgV1PyTorchJob
+
+        return _sdk_client().deserialize(_Body(json.dumps(data)), KubeflowOrgV1PyTorchJob)
 
     def delete(self, name: str, namespace: str) -> bool:
         """Delete the job and, through owner references, its pods; False if already gone."""
         from kubernetes.client import V1DeleteOptions
 
+        timeout = self._timeout()
         try:
-            self.training.delete_job(name, namespace, delete_options=V1DeleteOptions(
-                propagation_policy="Foreground"))
-        except (RuntimeError, TimeoutError) as exc:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name,
+                body=V1DeleteOptions(propagation_policy="Foreground"), _request_timeout=timeout)
+        except _api_errors() as exc:
             if _status_code(exc) == 404:
                 return False
-            raise JobError(f"cannot delete PyTorchJob {namespace}/{name}: {_reason(exc)}") from exc
+            raise self._error(f"cannot delete PyTorchJob {namespace}/{name}", exc,
+                              timeout) from exc
         log.info("deleted PyTorchJob %s/%s", namespace, name)
         return True
 
@@ -167,9 +252,11 @@ class PyTorchJobLauncher:
                 log.info("adopting existing PyTorchJob %s/%s (state %s) instead of creating "
                          "a second one", spec.namespace, spec.name, job_state(existing)[0])
                 return False
+        timeout = self._timeout()
         try:
-            self.training.create_job(job=job, namespace=spec.namespace)
-        except (RuntimeError, TimeoutError) as exc:
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, spec.namespace, PLURAL, to_dict(job), _request_timeout=timeout)
+        except _api_errors() as exc:
             status = _status_code(exc)
             if status == 409:  # another launcher created it between our GET and POST
                 log.info("PyTorchJob %s/%s appeared meanwhile: adopting it", spec.namespace,
@@ -177,8 +264,9 @@ class PyTorchJobLauncher:
                 return False
             hint = (" — the runner's ServiceAccount needs the srs-pipeline-runner Role of "
                     "manifests/base (create pytorchjobs.kubeflow.org)") if status == 403 else ""
-            raise JobError(f"cannot create PyTorchJob {spec.namespace}/{spec.name}: "
-                           f"{_reason(exc)}{hint}") from exc
+            error = self._error(f"cannot create PyTorchJob {spec.namespace}/{spec.name}", exc,
+                                timeout)
+            raise JobError(f"{error}{hint}") from exc
         log.info("created PyTorchJob %s/%s (%d replica(s) x %d process(es))", spec.namespace,
                  spec.name, spec.workers, spec.processes_per_worker)
         return True
@@ -205,12 +293,14 @@ class PyTorchJobLauncher:
 
     # -- watch ----------------------------------------------------------------------------------
     def watch(self, name: str, namespace: str, timeout: float | None = None,
-              explain: bool = True) -> JobOutcome:
-        """Poll until a terminal state (see :data:`TERMINAL`); raises only if the API fails."""
+              explain: bool = True, started: float | None = None) -> JobOutcome:
+        """Poll until a terminal state (see :data:`TERMINAL`) or ``timeout`` seconds after
+        ``started`` (a ``time.monotonic()``; default now). Raises JobError only when
+        ``max_api_failures`` requests in a row failed before any deadline."""
         start = time.monotonic()
-        deadline = start + timeout if timeout else None
+        deadline = (started or start) + timeout if timeout else None
         outcome = JobOutcome(name, namespace, state="Pending")
-        last, failures = None, 0
+        last, failures, error = None, 0, None
         while True:
             if self._cancelled.is_set():
                 outcome.state = "Cancelled"
@@ -218,14 +308,15 @@ class PyTorchJobLauncher:
                                   "pipeline step was stopped) and is deleted")
                 break
             try:
-                job = self.get(name, namespace)
-                failures = 0
+                job = self.get(name, namespace, deadline)
+                failures, error = 0, None
                 if self._cancelled.is_set():  # cancel() ran during the request
                     continue
             except JobError as exc:
-                failures += 1
+                failures, error = failures + 1, exc
                 if failures > self.max_api_failures:
-                    raise
+                    raise JobError(f"{exc} ({failures} requests in a row failed); the job is "
+                                   "left as it is: a retry of this step adopts it") from exc
                 log.warning("%s (attempt %d of %d)", exc, failures, self.max_api_failures)
             else:
                 if job is None:
@@ -251,6 +342,8 @@ class PyTorchJobLauncher:
                 outcome.state = "Timeout"
                 outcome.detail = (f"PyTorchJob {namespace}/{name} did not finish within "
                                   f"{timeout:g}s (last state {last or 'unknown'})")
+                if error is not None:  # the reason may be the API server, not the job
+                    outcome.detail += f"; the last {failures} request(s) failed: {error}"
                 break
             wait = self.poll_interval if deadline is None else min(self.poll_interval,
                                                                     deadline - now)
@@ -266,7 +359,9 @@ class PyTorchJobLauncher:
                  + (f": {condition.reason}: {condition.message}" if condition else "")]
         try:
             selector = f"{JOB_NAME_LABEL}={name}"
-            for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                                 **list_limits(self.request_timeout))
+            for pod in pods.items:
                 for status in pod.status.container_statuses or []:
                     ended = (status.state and status.state.terminated) or (
                         status.last_state and status.last_state.terminated)
@@ -274,7 +369,8 @@ class PyTorchJobLauncher:
                         lines.append(f"  pod {pod.metadata.name}: container {status.name} exited "
                                      f"with code {ended.exit_code} ({ended.reason or 'Error'}), "
                                      f"{status.restart_count or 0} restart(s)")
-            events = self.core.list_namespaced_event(namespace, field_selector="type=Warning")
+            events = self.core.list_namespaced_event(namespace, field_selector="type=Warning",
+                                                     **list_limits(self.request_timeout))
             ours = [e for e in events.items if e.involved_object.name == name
                     or (e.involved_object.name or "").startswith(f"{name}-")]
             ours.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.first_timestamp))
@@ -303,41 +399,60 @@ class PyTorchJobLauncher:
         self._cancelled.clear()
         self._deleted_by_cancel = False
         follower, outcome = None, None
+        started = time.monotonic()  # --timeout counts from here: submitting is part of it
         try:
             with cancel_on_sigterm(self.cancel):
                 created = self.submit(spec, replace_failed=replace_failed)
                 self._current = (spec.name, spec.namespace)
                 if follow_logs:
                     follower = LogFollower(self.core, spec.name, spec.namespace,
-                                            self.poll_interval)
+                                           self.poll_interval,
+                                           request_timeout=self.request_timeout,
+                                           idle_timeout=self.log_idle_timeout)
                     follower.start()
-                outcome = self.watch(spec.name, spec.namespace, timeout, explain=False)
+                outcome = self.watch(spec.name, spec.namespace, timeout, explain=False,
+                                     started=started)
         finally:
             if follower is not None:
                 # Let the master's last lines arrive before explaining or returning.
                 finished = outcome is not None and outcome.state in ("Succeeded", "Failed")
-                follower.stop(self.log_drain_timeout if finished else 1.0)
+                # Otherwise do not wait: --timeout or a cancel must end the run now.
+                follower.stop(self.log_drain_timeout if finished else 0.0)
             self._current = None
         if outcome.state == "Failed":
             outcome.detail = self.explain_failure(self._last_job, follower)
         if outcome.state == "Cancelled":
             # SIGTERM may have come before the job existed: then cancel() deleted nothing.
-            outcome.deleted = self._deleted_by_cancel or self.delete(spec.name, spec.namespace)
+            outcome.deleted = self._deleted_by_cancel or self._delete_at_end(outcome)
         outcome.created = created
         delete = (outcome.state == "Succeeded" and cleanup in ("always", "on-success")
                   or outcome.state == "Failed" and cleanup == "always"
                   or outcome.state == "Timeout" and cleanup != "never")
         if delete:
-            outcome.deleted = self.delete(spec.name, spec.namespace)
+            outcome.deleted = self._delete_at_end(outcome)
         if outcome.state != "Succeeded":
             raise JobError(outcome.detail)
         log.info("PyTorchJob %s/%s succeeded in %.0fs", spec.namespace, spec.name,
                  outcome.seconds)
         return outcome
 
+    def _delete_at_end(self, outcome: JobOutcome) -> bool:
+        """Delete the job; if that fails, say so without hiding how the job ended."""
+        try:
+            return self.delete(outcome.name, outcome.namespace)
+        except JobError as exc:
+            note = (f"it was not deleted ({exc}); delete it with: kubectl -n "
+                    f"{outcome.namespace} delete pytorchjob {outcome.name}")
+            if outcome.state == "Succeeded":  # training is done; its TTL removes it later
+                log.warning("PyTorchJob %s/%s succeeded but %s", outcome.namespace,
+                            outcome.name, note)
+            outcome.detail = f"{outcome.detail}; {note}" if outcome.detail else note
+            return False
+
     def close(self) -> None:
-        """Release the HTTP connections and the SDK's thread pool."""
-        self.core.api_client.close()
+        """Release the HTTP connections (no request is left running: none is asynchronous)."""
+        self.api.rest_client.pool_manager.clear()
+        self.api.close()
 
 
 def run_pytorchjob(spec: JobSpec, *, timeout: float | None = None, cleanup: str = "on-success",

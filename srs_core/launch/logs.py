@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -17,12 +18,25 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # set by the Training Operato
 JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
 
 
-class LogFollower(threading.Thread):
-    """Streams the master pod's container log into our log; survives container restarts."""
+def list_limits(request_timeout: float) -> dict[str, Any]:
+    """Keyword arguments that bound a CoreV1Api list call: on the server and on our socket."""
+    return {"timeout_seconds": math.ceil(request_timeout),
+            "_request_timeout": (request_timeout, request_timeout)}
 
-    def __init__(self, core: Any, name: str, namespace: str, poll: float, tail: int = 30):
+
+class LogFollower(threading.Thread):
+    """Streams the master pod's container log into our log; survives container restarts.
+
+    The pod-log API has no server-side timeout, so a read timeout of ``idle_timeout`` stands in:
+    a stream silent that long (perhaps dropped without a FIN) is re-opened, and the re-read
+    skips the lines already logged.
+    """
+
+    def __init__(self, core: Any, name: str, namespace: str, poll: float, tail: int = 30, *,
+                 request_timeout: float = 30.0, idle_timeout: float = 300.0):
         super().__init__(name=f"logs-{name}", daemon=True)
         self.core, self.job, self.namespace, self.poll = core, name, namespace, poll
+        self.request_timeout, self.idle_timeout = request_timeout, idle_timeout
         self.tail: deque[str] = deque(maxlen=tail)
         self.stopping = threading.Event()
         self._response: Any = None
@@ -30,7 +44,8 @@ class LogFollower(threading.Thread):
 
     def _master_pod(self) -> Any:
         selector = f"{JOB_NAME_LABEL}={self.job},{JOB_ROLE_LABEL}=master"
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector,
+                                             **list_limits(self.request_timeout)).items
         return pods[0] if pods else None
 
     @staticmethod
@@ -42,7 +57,8 @@ class LogFollower(threading.Thread):
 
     def _lines(self, pod_name: str) -> Iterator[str]:
         self._response = self.core.read_namespaced_pod_log(
-            pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False)
+            pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False,
+            _request_timeout=(self.request_timeout, self.idle_timeout))
         pending = b""
         try:
             for chunk in self._response.stream(1024, decode_content=True):
@@ -81,10 +97,14 @@ class LogFollower(threading.Thread):
         self._emitted.setdefault(key, 0)
 
     def stop(self, drain: float) -> None:
-        """Let the current stream finish for up to ``drain`` seconds, then cut it."""
+        """Let the current stream finish for up to ``drain`` seconds, then cut it.
+
+        Returns within about ``drain`` seconds: a thread still inside a request (a hung API
+        server) is left behind, a daemon that ends with that request's timeout.
+        """
         self.stopping.set()
         self.join(drain)
         if self.is_alive() and self._response is not None:
             with contextlib.suppress(Exception):  # closing from another thread: best effort
                 self._response.close()
-            self.join(1.0)
+            self.join(min(drain, 1.0))

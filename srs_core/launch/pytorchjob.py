@@ -34,6 +34,23 @@ RUN_ID_LABEL = "srs-kubeflow/run-id"
 CHECKPOINT_ANNOTATION = "srs-kubeflow/checkpoint"
 S3_ENV_KEYS = ("SRS_S3_ENDPOINT", "SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY", "SRS_S3_SECURE")
 CRD_PATH = Path(__file__).with_name("schemas") / "kubeflow.org_pytorchjobs.yaml"
+# Every pod of every SRS job carries these; manifests/base/networkpolicy.yaml selects them.
+POD_LABELS = {"app.kubernetes.io/name": "srs", "app.kubernetes.io/component": "train"}
+
+# The root filesystem is read-only, so every place written at run time is an emptyDir, and the
+# variables below point each library there instead of at an unwritable default.
+HOME_DIR = "/home/srs"  # the images' HOME and WORKDIR (uid 1000, images/Dockerfile.*)
+CACHE_DIR = "/cache"
+WRITABLE_MOUNTS = {"home": HOME_DIR, "cache": CACHE_DIR, "tmp": "/tmp"}
+WRITABLE_ENV = {
+    "HOME": HOME_DIR,  # ~/.nv (CUDA's JIT cache), ~/.config; also the working directory
+    "TMPDIR": "/tmp",
+    "XDG_CACHE_HOME": CACHE_DIR,  # torch hub / timm weights, huggingface, fontconfig
+    "SRS_CACHE_DIR": f"{CACHE_DIR}/srs",  # srs_core.store.cache_root: downloads, upload staging
+    "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
+    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+    "MPLCONFIGDIR": f"{HOME_DIR}/.config/matplotlib",  # whatever HOME an image sets
+}
 
 # Pod and Service names are "<job>-worker-<i>"; Services must be DNS-1035 labels of <= 63 chars.
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")
@@ -102,6 +119,10 @@ class JobSpec:
         if self.run_id is not None and not _LABEL_VALUE.match(self.run_id):
             raise ConfigError(f"{where}: run_id {self.run_id!r} is not a valid label value "
                               "(<= 63 of A-Z a-z 0-9 - _ .)")
+        clash = sorted(k for k, v in self.labels.items() if POD_LABELS.get(k, v) != v)
+        if clash:
+            raise ConfigError(f"{where}: labels {', '.join(clash)} are set by the launcher (the "
+                              "NetworkPolicy of manifests/base selects the pods by them)")
         for toleration in self.tolerations:
             if toleration.get("effect") and toleration["effect"] not in _EFFECTS:
                 raise ConfigError(f"{where}: toleration effect {toleration['effect']!r} is not "
@@ -216,6 +237,7 @@ def _environment(spec: JobSpec):
     env = [k8s.V1EnvVar(name="NCCL_DEBUG", value=spec.nccl_debug),
            k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
            k8s.V1EnvVar(name="SRS_JOB_NAME", value=spec.name)]
+    env += [k8s.V1EnvVar(name=key, value=value) for key, value in WRITABLE_ENV.items()]
     if spec.nccl_socket_ifname:
         env.append(k8s.V1EnvVar(name="NCCL_SOCKET_IFNAME", value=spec.nccl_socket_ifname))
     if not spec.gpus_per_worker:
@@ -256,14 +278,23 @@ def _pod_template(spec: JobSpec, labels: dict[str, str]):
         env=_environment(spec),
         ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=23456, protocol="TCP")],
         resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
-        volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+        working_dir=HOME_DIR,  # a relative train.output lands on a writable volume
+        volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")] + [
+            k8s.V1VolumeMount(name=name, mount_path=path)
+            for name, path in WRITABLE_MOUNTS.items()],
         security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])),
+            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]),
+            read_only_root_filesystem=True),
     )
+    # emptyDirs live and die with the pod: a restarted pod resumes from the checkpoint URI, not
+    # from anything left on these volumes.
+    volumes = [k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
+        medium="Memory", size_limit=spec.shm_size))]
+    volumes += [k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource())
+                for name in WRITABLE_MOUNTS]
     pod = k8s.V1PodSpec(
         containers=[container],
-        volumes=[k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
-            medium="Memory", size_limit=spec.shm_size))],
+        volumes=volumes,
         node_selector=dict(spec.node_selector) or None,
         tolerations=[k8s.V1Toleration(**t) for t in spec.tolerations] or None,
         service_account_name=spec.service_account,
@@ -283,8 +314,7 @@ def build_pytorchjob(spec: JobSpec):
     from kubernetes import client as k8s
 
     spec.validate()
-    labels = {"app.kubernetes.io/name": "srs", "app.kubernetes.io/component": "train",
-              **spec.labels}
+    labels = {**POD_LABELS, **spec.labels}  # validate() refused changes to POD_LABELS
     if spec.run_id:
         labels[RUN_ID_LABEL] = spec.run_id
     template = _pod_template(spec, labels)
