@@ -36,6 +36,7 @@ from srs_core import store
 from srs_core.data.report import DataProblem, Report
 from srs_core.data.stickerchat import SPLITS, Dialog, iter_dialogs, utterance_text
 from srs_core.errors import DataError
+from srs_core.process import die_with_parent
 from srs_core.runlock import LOCK_NAME, RunLock
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ def _score_chunk(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _init_worker() -> None:
+    parent = multiprocessing.parent_process()
+    die_with_parent(parent.pid if parent is not None else None)
     sentiment_model()  # load the dictionaries before the first chunk arrives
 
 

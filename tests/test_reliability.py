@@ -222,3 +222,62 @@ def test_upload_reports_what_it_did_not_copy(tmp_path: Path, s3_server: str, cap
     from srs_core import store
 
     assert [o.relpath for o in store.list_objects(destination)] == ["a.txt"]
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(x) for x in path.read_text().split()} if path.exists() else set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _kill_when_workers_run(command: list[str], workers: int, tmp_path: Path,
+                           ready: Path | None = None) -> set[int]:
+    """Start ``command``, SIGKILL it once it has ``workers`` children (and ``ready`` exists);
+    returns the children's pids."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=(tmp_path / "log").open("w"))
+    deadline, seen = time.time() + 120, set()
+    while time.time() < deadline and parent.poll() is None:
+        seen = {c for c in _children(parent.pid) if "resource_tracker" not in
+                Path(f"/proc/{c}/cmdline").read_text(errors="replace")} if _alive(
+                    parent.pid) else set()
+        if len(seen) >= workers and (ready is None or ready.exists()):
+            break
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    assert len(seen) >= workers, (tmp_path / "log").read_text()[-2000:]
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")
+def test_killed_runs_leave_no_orphan_workers(tmp_path: Path) -> None:
+    from srs_core.data.synth import synthesize
+
+    synthesize(tmp_path / "data", seed=2, dialogs=2000, sets=6, images=28, image_size=32)
+    root = tmp_path / "data" / "stickerchat"
+    lines = (root / "release_train.json").read_bytes()
+    (root / "release_val.json").write_bytes(lines * 30)  # 60,000 dialogs: long enough to kill
+    sentiment = [sys.executable, "-m", "srs_core.cli", "sentiment", "--dialogs",
+                 str(root / "release_val.json"), "--out", str(tmp_path / "s" / "val.jsonl"),
+                 "--workers", "2"]
+    training = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "srs_core.cli", "train", "--preset", "tiny",
+                f"data.stickerchat={root}", f"train.output={tmp_path / 'run'}",
+                "train.epochs=20", "loss.emotion=false"]
+    # Training is killed once rank 0 holds the output's lock, i.e. the workers are running.
+    for command, ready in ((sentiment, None), (training, tmp_path / "run" / LOCK_NAME)):
+        workers = _kill_when_workers_run(command, 2, tmp_path, ready)
+        deadline = time.time() + 10
+        while any(_alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), command[2:5]

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as torch_dist
 
 from srs_core.errors import ConfigError
+from srs_core.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def init_distributed() -> DistInfo:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: never outlive the agent
+        die_with_parent()
     device = select_device(local_rank)
     if world_size > 1 and not torch_dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
