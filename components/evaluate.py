@@ -17,10 +17,14 @@ def evaluate(
     split: str,
     metrics: Output[Metrics],
     report: Output[HTML],
+    library: str = "",
 ) -> str:
     """Score ``split`` (test by default; model selection used val) and log all 7 metrics
     under both protocols: ours as ``R10@1`` ..., the authors' as ``paper_R10@1`` ... (see
     ``srs_core.evaluate.PROTOCOLS``); the report adds the loss curves from ``train_output``.
+
+    With ``library`` (a sticker index URI from ``srs index build``) the answers are also ranked
+    among the whole library, logged as ``library_ita_R@10``, ``library_rerank50_MRR`` ...
 
     Returns the URI holding ``metrics.json`` and ``scores.jsonl``.
     """
@@ -37,11 +41,14 @@ def evaluate(
     cfg = load_config([], [*shlex.split(overrides), f"data.stickerchat={stickerchat}"],
                       preset=preset)
     out = store.join(output_root, "evaluate", split)
-    results = score_split(cfg, checkpoint, split, out)
+    results = score_split(cfg, checkpoint, split, out, library=library)
     for name in METRIC_NAMES:
         metrics.log_metric(name, float(results[name]))
     for name in METRIC_NAMES:
         metrics.log_metric(f"paper_{name}", float(results[f"paper_{name}"]))
+    for name, value in results.items():  # present only when a library index was given
+        if name.startswith("library_"):
+            metrics.log_metric(name, float(value))
     page = evaluation_report(out, stickerchat, train_output=train_output)
     Path(report.path).write_text(page, encoding="utf-8")
     return out

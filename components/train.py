@@ -1,4 +1,4 @@
-"""Train SRS: the DDP training entrypoint, as a PyTorchJob or as torchrun inside this step."""
+"""Train SRS: the DDP training entrypoint, as a PyTorchJob, a TrainJob, or torchrun in the step."""
 
 from typing import NamedTuple
 
@@ -28,9 +28,19 @@ def train_srs(
     store_secret: str,
     run_id: str,
     report: Output[HTML],
+    queue: str = "",
+    priority_class: str = "",
+    pending_timeout_minutes: float = 0.0,
+    job_owner: str = "none",
 ) -> NamedTuple("Trained", output=str, checkpoint=str):
-    """Run ``srs train`` (``pytorchjob``: a PyTorchJob of ``nodes`` pods, created or adopted,
-    its master's log streamed here; ``local``: torchrun in this step) and write the report.
+    """Run ``srs train`` (``pytorchjob``: a Training Operator PyTorchJob of ``nodes`` pods;
+    ``trainjob``: a Trainer v2 TrainJob on the ``srs-torch`` runtime — either created or
+    adopted, its rank-0 log streamed here; ``local``: torchrun in this step) and write the report.
+
+    ``queue``: a Kueue LocalQueue ("" = the cluster default SRS_JOB_QUEUE, if any);
+    ``priority_class``: a Kueue WorkloadPriorityClass; ``pending_timeout_minutes``: fail when
+    the job has not started by then, with the cluster's reasons (0 = only the timeout);
+    ``job_owner``: ``step`` makes this step's pod the job's owner (deleted with the run).
 
     Returns the training output URI and its best (validation-selected) checkpoint.
     """
@@ -39,8 +49,8 @@ def train_srs(
     from collections import namedtuple
     from pathlib import Path
 
-    from srs_core import store
-    from srs_core.launch import JobSpec, job_name, run_local, run_pytorchjob
+    from srs_core import launch, store
+    from srs_core.launch import JobSpec, job_name, run_local, step_owner
     from srs_core.report import training_report
 
     out = store.join(output_root, "srs")
@@ -60,7 +70,13 @@ def train_srs(
             os.environ, name=job_name("srs-train", run_id), image=job_image,
             train_args=train_args, workers=nodes, gpus_per_worker=gpus_per_node,
             secret_name=store_secret, run_id=run_id, checkpoint_uri=out,
+            queue_name=queue or None, priority_class=priority_class or None,
+            owner=step_owner(os.environ) if job_owner == "step" else None,
         )
-        run_pytorchjob(spec, timeout=timeout, cleanup=job_cleanup)
+        extra = {"pending_timeout": pending_timeout_minutes * 60} if pending_timeout_minutes else {}
+        if backend == "trainjob":
+            launch.run_job(spec, kind="trainjob", timeout=timeout, cleanup=job_cleanup, **extra)
+        else:
+            launch.run_pytorchjob(spec, timeout=timeout, cleanup=job_cleanup, **extra)
     Path(report.path).write_text(training_report(out), encoding="utf-8")
     return namedtuple("Trained", "output checkpoint")(out, store.join(out, "best.pt"))

@@ -15,8 +15,9 @@ URI) and what the deterministic steps derive from them. Training rewrites ``<roo
 resumes from its own checkpoints), so training, and evaluation of its checkpoint, never cache.
 
 Retries: every step is cheap to repeat or resumes where it stopped (sentiment chunks, teacher
-epochs, training checkpoints, an adopted PyTorchJob), so pod evictions and node losses cost
-little. ``srs pipeline run --local`` drops them: on one machine a retry repeats the failure.
+epochs, training checkpoints, an adopted PyTorchJob or TrainJob), so pod evictions and node
+losses cost little. ``srs pipeline run --local`` drops them: on one machine a retry repeats
+the failure.
 """
 
 # No `from __future__ import annotations`: KFP reads the parameter types at definition time.
@@ -42,7 +43,8 @@ from pipelines.platform import (
 )
 
 PIPELINE_NAME = "srs-perceive-before-respond"
-BACKENDS = ("pytorchjob", "local")
+BACKENDS = ("pytorchjob", "trainjob", "local")
+JOB_OWNERS = ("none", "step")
 JOB_CLEANUP = ("on-success", "always", "never")
 # CPU request (the limit is twice that) and memory (request = limit) per step, sized for the
 # real data set; kfp.local ignores them.
@@ -52,7 +54,7 @@ RESOURCES = {
     "teacher": ("8", "32Gi"),
     "anchors": ("8", "32Gi"),
     "train_in_step": ("8", "64Gi"),
-    "train_launcher": ("0.5", "1Gi"),  # only watches the PyTorchJob
+    "train_launcher": ("0.5", "1Gi"),  # only watches the PyTorchJob / TrainJob
     "evaluate": ("8", "32Gi"),
 }
 
@@ -83,6 +85,10 @@ def srs_pipeline(
     job_image: str = GPU_IMAGE,
     job_cleanup: str = "on-success",
     train_timeout_hours: float = 72.0,
+    job_queue: str = "",
+    job_priority_class: str = "",
+    pending_timeout_minutes: float = 60.0,
+    job_owner: str = "none",
     sentiment_workers: int = 4,
     strict_validation: bool = False,
     eval_split: str = "test",
@@ -90,12 +96,17 @@ def srs_pipeline(
     """The whole workflow; returns the evaluation metrics.
 
     ``overrides``: extra ``section.key=value`` config settings, space-separated, for every
-    step (the parameters here win over them). ``training_backend``: ``pytorchjob``
-    (``train_nodes`` pods of ``gpus_per_node`` GPUs) or ``local`` (torchrun with
-    ``gpus_per_node`` processes inside the step). Images are constants of the components (KFP
-    fixes them at compile time); ``job_image`` is the PyTorchJob's image, the one image a run
-    may choose. ``job_cleanup``: when to delete the job (``on-success`` keeps failed ones for
-    inspection, ``always``, ``never``).
+    step (the parameters here win over them). ``training_backend``: ``pytorchjob`` (a Training
+    Operator v1 PyTorchJob) or ``trainjob`` (a Kubeflow Trainer v2 TrainJob on the ``srs-torch``
+    runtime), each ``train_nodes`` pods of ``gpus_per_node`` GPUs, or ``local`` (torchrun with
+    ``gpus_per_node`` processes inside the step). ``job_queue`` / ``job_priority_class``: the
+    Kueue LocalQueue and WorkloadPriorityClass of the job ("" = the cluster's srs-defaults);
+    ``pending_timeout_minutes``: fail when the job has not started by then, with the reasons the
+    cluster gives (0 = no limit); ``job_owner``: ``step`` lets a deleted run take its job along
+    (then a retried step cannot adopt a job whose first step pod is gone). Images are constants
+    of the components (KFP fixes them at compile time); ``job_image`` is the job's image, the
+    one image a run may choose. ``job_cleanup``: when to delete the job (``on-success`` keeps
+    failed ones for inspection, ``always``, ``never``).
     """
     config = {"output_root": output_root, "preset": preset, "overrides": overrides}
 
@@ -127,25 +138,33 @@ def srs_pipeline(
         timeout_hours=train_timeout_hours, store_secret=STORE_SECRET,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **config,
     )
+    on_cluster = dict(queue=job_queue, priority_class=job_priority_class,
+                      pending_timeout_minutes=pending_timeout_minutes, job_owner=job_owner)
     with dsl.If(training_backend == "pytorchjob", name="on-pytorchjob"):
         # The step only creates and watches the job: the GPUs are requested by the job's pods.
         # A retried step adopts the job it created (same run id) instead of starting another.
-        on_job = train_srs(backend="pytorchjob", **training).set_display_name("train-srs-job")
+        on_job = train_srs(backend="pytorchjob", **training, **on_cluster).set_display_name(
+            "train-srs-pytorchjob")
         with_job_defaults(with_resources(_retry(on_job), *RESOURCES["train_launcher"]))
+    with dsl.Elif(training_backend == "trainjob", name="on-trainjob"):
+        on_trainjob = train_srs(backend="trainjob", **training, **on_cluster).set_display_name(
+            "train-srs-trainjob")
+        with_job_defaults(with_resources(_retry(on_trainjob), *RESOURCES["train_launcher"]))
     with dsl.Else(name="in-step"):
         in_step = train_srs(backend="local", **training).set_display_name("train-srs")
         # One retry: training resumes from its last checkpoint (e.g. after a node eviction).
         on_gpu(with_resources(_retry(in_step, 1), *RESOURCES["train_in_step"]), gpus_per_node)
-    for task in (on_job, in_step):
+    trained = (on_job, on_trainjob, in_step)
+    for task in trained:
         task.set_caching_options(enable_caching=False)
-    train_output = dsl.OneOf(on_job.outputs["output"], in_step.outputs["output"])
-    checkpoint = dsl.OneOf(on_job.outputs["checkpoint"], in_step.outputs["checkpoint"])
+    train_output = dsl.OneOf(*(task.outputs["output"] for task in trained))
+    checkpoint = dsl.OneOf(*(task.outputs["checkpoint"] for task in trained))
 
     scores = evaluate(stickerchat=stickerchat, checkpoint=checkpoint, train_output=train_output,
                       split=eval_split, **config)
     on_gpu(with_resources(_retry(scores), *RESOURCES["evaluate"]))
     scores.set_caching_options(enable_caching=False)
 
-    for task in (data, sentiment, teacher, anchors, on_job, in_step, scores):
+    for task in (data, sentiment, teacher, anchors, *trained, scores):
         as_non_root(with_store_secret(task))
     return scores.outputs["metrics"]

@@ -54,10 +54,17 @@ def as_non_root(task: PipelineTask) -> PipelineTask:
                                            run_as_group=RUN_AS_USER, run_as_non_root=True)
 
 
+# The step pod's own name and uid, for job_owner=step (the job's ownerReference).
+OWNER_FIELDS = {"SRS_POD_NAME": "metadata.name", "SRS_POD_UID": "metadata.uid"}
+
+
 def with_job_defaults(task: PipelineTask) -> PipelineTask:
-    """For the PyTorchJob launcher: its namespace (the run's own, where its RBAC applies) and
-    the cluster's job defaults from :data:`JOB_DEFAULTS_CONFIG_MAP`."""
+    """For the job launcher: its namespace (the run's own, where its RBAC applies), its own pod
+    name and uid (job_owner=step) and the cluster's job defaults from
+    :data:`JOB_DEFAULTS_CONFIG_MAP`."""
     kubernetes.use_field_path_as_env(task, "SRS_JOB_NAMESPACE", "metadata.namespace")
+    for env, path in OWNER_FIELDS.items():
+        kubernetes.use_field_path_as_env(task, env, path)
     return kubernetes.use_config_map_as_env(
         task, JOB_DEFAULTS_CONFIG_MAP, {k: k for k in JOB_DEFAULT_KEYS}, optional=True)
 

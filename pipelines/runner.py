@@ -58,9 +58,10 @@ def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
                 params[name] = kind(text)
         except ValueError:
             raise ConfigError(f"--param {pair!r}: {name} expects {kind.__name__}") from None
-    from pipelines.pipeline import BACKENDS, JOB_CLEANUP
+    from pipelines.pipeline import BACKENDS, JOB_CLEANUP, JOB_OWNERS
 
-    for name, choices in (("training_backend", BACKENDS), ("job_cleanup", JOB_CLEANUP)):
+    for name, choices in (("training_backend", BACKENDS), ("job_cleanup", JOB_CLEANUP),
+                          ("job_owner", JOB_OWNERS)):
         if name in params and params[name] not in choices:
             raise ConfigError(f"--param {name} must be one of {', '.join(choices)}")
     return params

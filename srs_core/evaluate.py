@@ -180,12 +180,17 @@ def write_scores(
             handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def evaluate(cfg, checkpoint_uri: str, split: str, out_uri: str) -> dict[str, float]:
+def evaluate(
+    cfg, checkpoint_uri: str, split: str, out_uri: str, library: str = ""
+) -> dict[str, float]:
     """Score a split with a trained checkpoint under both protocols.
 
     Writes ``metrics.json`` (``metrics``: strict, ``paper``: the authors' protocol, each
     labelled), ``scores.jsonl`` (strict) and ``scores_paper.jsonl``. Returns the strict
-    metrics with the paper protocol's as ``paper_<name>``.
+    metrics with the paper protocol's as ``paper_<name>``. With ``library`` (a sticker index
+    URI from ``srs index build``), the answer is also ranked among every sticker of the
+    index (:func:`srs_core.library.library_metrics`): ``metrics.json`` -> ``library``, and
+    ``library_<method>_<metric>`` in the returned dict.
     """
     from srs_core.data.report import Report
     from srs_core.train.data import load_examples
@@ -213,8 +218,30 @@ def evaluate(cfg, checkpoint_uri: str, split: str, out_uri: str) -> dict[str, fl
         "paper": {"protocol": PROTOCOLS["paper"], "metrics": paper,
                   "skipped": paper_report.as_dict()},
     }
+    extra: dict[str, float] = {}
+    if library:
+        payload["library"] = _library(session, checkpoint_uri, library, cfg.eval.batch_size)
+        from srs_core.library import flatten_library_metrics
+
+        extra = flatten_library_metrics(payload["library"])
     store.write_text(store.join(out_uri, "metrics.json"), json.dumps(payload, indent=2))
     log.info("%s metrics (strict): %s", split, {k: round(v, 4) for k, v in metrics.items()})
     log.info("%s metrics (paper protocol): %s", split,
              {k: round(v, 4) for k, v in paper.items()})
-    return {**metrics, **{f"paper_{k}": v for k, v in paper.items() if not k.startswith("ITA_")}}
+    return {**metrics, **{f"paper_{k}": v for k, v in paper.items() if not k.startswith("ITA_")},
+            **extra}
+
+
+def _library(session, checkpoint: str, index_uri: str, batch_size: int) -> dict:
+    """Library-level metrics of the split's (strict) dialogs, with the session's model."""
+    from srs_core.library import LoadedModel, StickerIndex, Suggester, file_sha256, library_metrics
+
+    loaded = LoadedModel(session.model, session.tokenize, session.device, session.model.cfg,
+                         checkpoint, file_sha256(checkpoint))
+    suggester = Suggester(loaded, StickerIndex.load(index_uri))
+    dialogs = [(ex.utterances, ex.set_id, ex.sticker_id) for ex in session.examples]
+    result = library_metrics(suggester, dialogs, batch_size=batch_size)
+    result["index"] = index_uri
+    log.info("library metrics (%d stickers): ITA R@10 %.4f, rerank@50 R@10 %.4f",
+             result["stickers"], result["ita"]["R@10"], result["rerank@50"]["R@10"])
+    return result

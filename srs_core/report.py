@@ -33,7 +33,8 @@ from srs_core.errors import DataError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "evaluation_report", "example_dialogs", "loss_curves_png", "metrics_table", "read_jsonl",
+    "evaluation_report", "example_dialogs", "library_section", "loss_curves_png", "metrics_table",
+    "read_jsonl",
     "training_report",
 ]
 
@@ -267,6 +268,19 @@ def training_report(train_output: str) -> str:
     return _page("SRS training", sections)
 
 
+def library_section(library: dict) -> str:
+    """The answer's rank among the whole library: chance, ITA alone, ITA + ITM rerank@N."""
+    methods = ["chance", "ita"] + sorted(
+        (k for k in library if k.startswith("rerank@")), key=lambda k: int(k.split("@")[1]))
+    labels = {"chance": "chance (k / library size)", "ita": "ITA alone"}
+    rows = {labels[m] if m in labels else f"ITA top-{m.split('@')[1]} reranked by ITM":
+            library[m] for m in methods if isinstance(library.get(m), dict)}
+    note = (f"{int(library.get('dialogs', 0))} dialogs, {int(library.get('stickers', 0))} "
+            f"stickers in the index, {int(library.get('not_in_index', 0))} answers not in it")
+    return ("<h2>Library metrics (the answer among every sticker)</h2>" + metrics_table(rows)
+            + f'<p class="note">{html.escape(note)}</p>')
+
+
 def evaluation_report(
     eval_output: str,
     stickerchat_root: str,
@@ -292,6 +306,8 @@ def evaluation_report(
             sections.append(f'<p class="note">{name} protocol: {html.escape(str(text))}</p>')
     if payload.get("checkpoint"):
         sections.append(f'<p class="note">checkpoint: {html.escape(payload["checkpoint"])}</p>')
+    if isinstance(payload.get("library"), dict):
+        sections.append(library_section(payload["library"]))
     scores_uri = store.join(eval_output, "scores.jsonl")
     if examples > 0 and store.exists(scores_uri):
         records = read_jsonl(scores_uri)[:examples]

@@ -1,4 +1,7 @@
-"""A loopback stand-in for the few Kubernetes API endpoints the PyTorchJob launcher calls.
+"""A loopback stand-in for the few Kubernetes API endpoints the job launcher calls.
+
+Both job kinds are served: Training Operator v1 PyTorchJobs and Trainer v2 TrainJobs (whose
+pods carry JobSet's labels), plus Kueue's Workloads (``workloads`` = what Kueue would say).
 
 No cluster and no Training Operator exist on these machines. This threaded HTTP server answers
 with the shapes of the Kubernetes / Training Operator REST API (objects, lists, ``Status``
@@ -21,6 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 GONE = object()  # script step: the job disappears (404 from now on)
 NOW = "2025-01-01T00:00:00Z"
 _JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+_TRAINJOBS = re.compile(
+    r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
+_WORKLOADS = re.compile(r"^/apis/kueue\.x-k8s\.io/v1beta1/namespaces/([^/]+)/workloads$")
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
 _LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 _EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
@@ -41,13 +47,80 @@ def conditions(state: str, reason: str = "", message: str = "") -> dict[str, Any
     return {"conditions": chain, "replicaStatuses": {"Master": {"active": 1}}}
 
 
-def pod(job: str, role: str = "master", index: int = 0, phase: str = "Running",
-        restarts: int = 0, exit_code: int | None = None, reason: str = "") -> dict[str, Any]:
-    """A pod of ``job`` with the operator's labels; ``exit_code`` makes it terminated."""
-    state: dict[str, Any] = {"running": {"startedAt": NOW}}
+def trainjob_status(state: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    """A TrainJob ``status`` as Trainer v2 writes it: Suspended/Complete/Failed conditions and
+    the JobSet's jobs (active while it runs)."""
+    def cond(kind: str, status: str = "True", why: str = "", text: str = "") -> dict[str, Any]:
+        return {"type": kind, "status": status, "reason": why or kind,
+                "message": text or f"TrainJob is {kind.lower()}", "lastTransitionTime": NOW}
+
+    active = 1 if state == "Running" else 0
+    conds = {"Suspended": [cond("Suspended", why=reason or "Suspended", text=message)],
+             "Admitted": [cond("Suspended", "False", "Resumed")],
+             "Succeeded": [cond("Complete", why=reason or "JobSetCompleted", text=message)],
+             "Failed": [cond("Failed", why=reason or "JobSetFailed", text=message)]}
+    return {"conditions": conds.get(state, []),
+            "jobsStatus": [{"name": "node", "active": active, "ready": active, "succeeded": 0,
+                            "failed": int(state == "Failed"), "suspended": 0}]}
+
+
+def _container_state(exit_code: int | None, reason: str, waiting: str) -> dict[str, Any]:
+    if waiting:
+        return {"waiting": {"reason": waiting, "message": f"stub: {waiting}"}}
     if exit_code is not None:
-        state = {"terminated": {"exitCode": exit_code, "reason": reason or "Error",
-                                "startedAt": NOW, "finishedAt": NOW}}
+        return {"terminated": {"exitCode": exit_code, "reason": reason or "Error",
+                               "startedAt": NOW, "finishedAt": NOW}}
+    return {"running": {"startedAt": NOW}}
+
+
+def trainjob_pod(job: str, index: int = 0, phase: str = "Running", restarts: int = 0,
+                 exit_code: int | None = None, reason: str = "", attempt: int = 0,
+                 waiting: str = "", unschedulable: str = "",
+                 created: str = NOW) -> dict[str, Any]:
+    """A pod of TrainJob ``job`` as JobSet makes it (node rank = the completion index)."""
+    status: dict[str, Any] = {"phase": phase, "containerStatuses": [
+        {"name": "node", "image": "srs:test", "imageID": "", "ready": phase == "Running",
+         "restartCount": restarts, "state": _container_state(exit_code, reason, waiting)}]}
+    if unschedulable:
+        status = {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": unschedulable}]}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{job}-node-0-{index}-{uuid.uuid4().hex[:5]}",
+                     "uid": str(uuid.uuid4()), "creationTimestamp": created,
+                     "labels": {"jobset.sigs.k8s.io/jobset-name": job,
+                                "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                                "jobset.sigs.k8s.io/restart-attempt": str(attempt),
+                                "batch.kubernetes.io/job-completion-index": str(index)}},
+        "spec": {"containers": [{"name": "node", "image": "srs:test"}]},
+        "status": status,
+    }
+
+
+def workload(job_uid: str, admitted: bool, message: str = "") -> dict[str, Any]:
+    """A Kueue Workload of the job with uid ``job_uid``: admitted, or waiting for quota."""
+    status = "True" if admitted else "False"
+    return {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+            "metadata": {"name": f"job-{job_uid[:8]}", "labels": {
+                "kueue.x-k8s.io/job-uid": job_uid}},
+            "status": {"conditions": [{"type": "QuotaReserved", "status": status,
+                                       "reason": "QuotaReserved" if admitted else "Pending",
+                                       "message": message, "lastTransitionTime": NOW}]}}
+
+
+def pod(job: str, role: str = "master", index: int = 0, phase: str = "Running",
+        restarts: int = 0, exit_code: int | None = None, reason: str = "",
+        waiting: str = "", unschedulable: str = "") -> dict[str, Any]:
+    """A pod of ``job`` with the operator's labels; ``exit_code`` makes it terminated."""
+    state = _container_state(exit_code, reason, waiting)
+    status: dict[str, Any] = {"phase": phase, "containerStatuses": [
+        {"name": "pytorch", "image": "srs:test", "imageID": "", "ready": phase == "Running",
+         "restartCount": restarts, "state": state}]}
+    if unschedulable:
+        status = {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": unschedulable}]}
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": f"{job}-{role}-{index}", "uid": str(uuid.uuid4()),
@@ -56,9 +129,7 @@ def pod(job: str, role: str = "master", index: int = 0, phase: str = "Running",
                                 "training.kubeflow.org/replica-type": role,
                                 "training.kubeflow.org/replica-index": str(index)}},
         "spec": {"containers": [{"name": "pytorch", "image": "srs:test"}]},
-        "status": {"phase": phase, "containerStatuses": [
-            {"name": "pytorch", "image": "srs:test", "imageID": "", "ready": phase == "Running",
-             "restartCount": restarts, "state": state}]},
+        "status": status,
     }
 
 
@@ -90,6 +161,7 @@ class StubApiServer:
     pods: list[dict[str, Any]] = field(default_factory=list)
     logs: dict[str, list[str]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    workloads: list[dict[str, Any]] | None = field(default_factory=list)  # None: no Kueue
     job_errors: list[int] = field(default_factory=list)  # statuses for the next job GETs
     create_error: int | None = None
     conflict_job: dict[str, Any] | None = None  # appears just before the POST, which gets 409
@@ -171,7 +243,8 @@ class StubApiServer:
             self._released.wait()
             handler.close_connection = True
             return None
-        route = [(_JOBS, self._jobs), (_PODS, self._pods), (_LOG, self._log),
+        route = [(_JOBS, self._jobs), (_TRAINJOBS, self._jobs), (_WORKLOADS, self._workloads),
+                 (_PODS, self._pods), (_LOG, self._log),
                  (_EVENTS, self._events)]
         for pattern, serve in route:
             match = pattern.match(parts.path)
@@ -219,6 +292,19 @@ class StubApiServer:
                     return self._reply(handler, 404, _status(404, "NotFound", "gone"))
                 job["status"] = step
             return self._reply(handler, 200, job)
+
+    def _workloads(self, handler: Any, method: str, query: dict, body: Any,
+                   namespace: str) -> None:
+        if self.workloads is None:
+            return self._reply(handler, 404, _status(404, "NotFound", "the server could not "
+                                                     "find the requested resource"))
+        wanted = dict(item.split("=", 1) for item in query.get("labelSelector", "").split(",")
+                      if item)
+        with self.lock:
+            items = [w for w in self.workloads
+                     if all(w["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+        self._reply(handler, 200, {"apiVersion": "kueue.x-k8s.io/v1beta1",
+                                   "kind": "WorkloadList", "metadata": {}, "items": items})
 
     def _pods(self, handler: Any, method: str, query: dict, body: Any, namespace: str) -> None:
         wanted = dict(item.split("=", 1) for item in query.get("labelSelector", "").split(",")

@@ -40,7 +40,7 @@ def test_layers_apply_in_order(tmp_path: Path) -> None:
         ("train.precision=fp16", "not one of"),
         ("train.epochs", "section.key=value"),
         ("epochs=3", "section.key"),
-        ("train.batch_size=0", "must be positive"),
+        ("train.batch_size=0", "train.batch_size must be > 0"),
         ("model.image_size=100", "multiple of model.patch_size"),
     ],
 )

@@ -20,7 +20,7 @@ from kubernetes.client import Configuration
 from launch_stub import StubApiServer, conditions, event, pod
 
 from srs_core.errors import JobError
-from srs_core.launch import JobSpec, PyTorchJobLauncher, render_pytorchjob
+from srs_core.launch import JobLauncher, JobSpec, PyTorchJobLauncher, render_pytorchjob
 from srs_core.launch.pytorchjob import ENV_VARIABLES, POD_LABELS, PORT_NAME, S3_ENV_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +123,63 @@ def test_the_role_allows_every_call_of_the_launcher_and_nothing_wild():
     needs = {_rbac_need(r.method, r.path, r.query) for r in stub.requests}
     assert {n[2] for n in needs} >= {"create", "get", "list", "delete"}
     assert [n for n in needs if not _allowed(role["rules"], n)] == []
+
+
+def test_the_role_allows_every_call_of_the_trainjob_launcher_behind_kueue():
+    from launch_stub import trainjob_pod, trainjob_status
+
+    (role,) = by_kind("base", "Role")
+    stub = StubApiServer().start()
+    try:
+        name = "srs-train-rbac"
+        failed = trainjob_pod(name, exit_code=1)
+        stub.pods.append(failed)
+        stub.logs[failed["metadata"]["name"]] = ["boom"]
+        stub.events.append(event(failed["metadata"]["name"], "Pod", "FailedScheduling", "0/1"))
+        stub.script(name, trainjob_status("Suspended"), trainjob_status("Failed"))
+        launcher = JobLauncher(Configuration(host=stub.url), backend="trainjob",
+                               poll_interval=0.02)
+        with pytest.raises(JobError):
+            launcher.run(JobSpec(name=name, image="i", queue_name="srs"), timeout=30,
+                         cleanup="always")
+    finally:
+        stub.stop()
+    needs = {_rbac_need(r.method, r.path, r.query) for r in stub.requests}
+    assert ("kueue.x-k8s.io", "workloads", "list") in needs
+    assert ("trainer.kubeflow.org", "trainjobs", "create") in needs
+    assert [n for n in needs if not _allowed(role["rules"], n)] == []
+    # nothing the launchers never call
+    granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"]}
+    assert granted == {("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs"),
+                       ("kueue.x-k8s.io", "workloads"), ("", "pods"), ("", "pods/log"),
+                       ("", "events")}
+
+
+def test_kueue_overlay_queues_every_job_in_the_srs_namespace():
+    (queue,) = by_kind("overlays/kueue", "LocalQueue")
+    # LocalQueue's documented fields (kueue.x-k8s.io/v1beta1): spec.clusterQueue, namespaced
+    assert queue["apiVersion"] == "kueue.x-k8s.io/v1beta1"
+    assert queue["metadata"]["namespace"] == "srs" and set(queue["spec"]) == {"clusterQueue"}
+    (config,) = by_kind("overlays/kueue", "ConfigMap")
+    spec = JobSpec.from_env(config["data"], name="srs-train-q")
+    assert spec.queue_name == queue["metadata"]["name"]
+    manifest = render_pytorchjob(spec)
+    assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "srs"
+    assert manifest["spec"]["runPolicy"]["suspend"] is True
+    for doc in render("overlays/kueue"):
+        if doc["kind"] != "LocalQueue":
+            import kubernetes_validate
+
+            kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+
+
+def test_trainer_runtime_renders_and_validates():
+    from srs_core.launch import validate_runtime
+
+    (runtime,) = render("trainer")
+    validate_runtime(runtime)
+    assert runtime["metadata"]["name"] == "srs-torch"
 
 
 @pytest.mark.parametrize("target", TARGETS)

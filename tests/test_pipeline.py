@@ -75,13 +75,15 @@ def test_compiled_pipeline_loads_back_with_the_six_components(compiled) -> None:
     assert spec["pipelineInfo"]["name"] == "srs-perceive-before-respond"
     executors = spec["deploymentSpec"]["executors"]
     assert {_function(spec, label) for label in executors} == FUNCTIONS
-    # train_srs runs twice, one per training backend (a PyTorchJob or torchrun in the step)
-    assert len(executors) == 7
+    # train_srs runs three times, one per training backend (a PyTorchJob, a TrainJob, or torchrun
+    # in the step)
+    assert len(executors) == 8
     loaded = components.load_component_from_text(text)
     assert loaded.name == "srs-perceive-before-respond"
     assert {"stickerchat_uri", "ser30k_uri", "output_root", "anchors_k", "epochs", "batch_size",
             "train_nodes", "gpus_per_node", "training_backend", "job_image",
-            "preset"} <= set(loaded.component_spec.inputs)
+            "preset", "job_queue", "job_priority_class", "pending_timeout_minutes",
+            "job_owner"} <= set(loaded.component_spec.inputs)
 
 
 def test_dag_follows_the_design_diagram(compiled) -> None:
@@ -170,7 +172,8 @@ def test_every_task_has_resources_image_secret_and_runs_as_non_root(compiled) ->
             "runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}
 
 
-def test_pytorchjob_launcher_gets_its_namespace_and_the_cluster_job_defaults(compiled) -> None:
+def test_job_launchers_get_their_namespace_pod_identity_and_the_cluster_job_defaults(
+        compiled) -> None:
     from srs_core.launch.pytorchjob import ENV_VARIABLES
 
     spec, platform, _ = compiled
@@ -178,21 +181,37 @@ def test_pytorchjob_launcher_gets_its_namespace_and_the_cluster_job_defaults(com
     launchers = [label for label, executor in spec["deploymentSpec"]["executors"].items()
                  if _function(spec, label) == "train_srs"
                  and "accelerator" not in executor["container"]["resources"]]
-    assert len(launchers) == 1
-    settings = executors[launchers[0]]
-    # the job goes to the run's own namespace, where the runner's RBAC applies
-    assert settings["fieldPathAsEnv"] == [{"fieldPath": "metadata.namespace",
-                                           "name": "SRS_JOB_NAMESPACE"}]
-    (defaults,) = settings["configMapAsEnv"]
-    assert defaults["configMapName"] == "srs-defaults" and defaults["optional"] is True
-    keys = {m["configMapKey"] for m in defaults["keyToEnv"]}
-    assert keys <= set(ENV_VARIABLES)  # every key is one the launcher reads
-    assert {"SRS_JOB_NODE_SELECTOR", "SRS_JOB_TOLERATIONS", "SRS_JOB_SERVICE_ACCOUNT"} <= keys
-    # what the run's parameters decide is not overridden by the cluster
-    assert not keys & {"SRS_JOB_IMAGE", "SRS_JOB_WORKERS", "SRS_JOB_GPUS_PER_WORKER",
-                       "SRS_JOB_NPROC_PER_NODE", "SRS_JOB_NAMESPACE"}
+    assert len(launchers) == 2  # the PyTorchJob and the TrainJob launcher
+    for launcher in launchers:
+        settings = executors[launcher]
+        # the job goes to the run's own namespace, where the runner's RBAC applies; the pod's
+        # own name and uid let job_owner=step make it the job's owner
+        assert settings["fieldPathAsEnv"] == [
+            {"fieldPath": "metadata.namespace", "name": "SRS_JOB_NAMESPACE"},
+            {"fieldPath": "metadata.name", "name": "SRS_POD_NAME"},
+            {"fieldPath": "metadata.uid", "name": "SRS_POD_UID"}]
+        (defaults,) = settings["configMapAsEnv"]
+        assert defaults["configMapName"] == "srs-defaults" and defaults["optional"] is True
+        keys = {m["configMapKey"] for m in defaults["keyToEnv"]}
+        assert keys <= set(ENV_VARIABLES)  # every key is one the launcher reads
+        assert {"SRS_JOB_NODE_SELECTOR", "SRS_JOB_TOLERATIONS", "SRS_JOB_SERVICE_ACCOUNT",
+                "SRS_JOB_QUEUE"} <= keys
+        # what the run's parameters decide is not overridden by the cluster
+        assert not keys & {"SRS_JOB_IMAGE", "SRS_JOB_WORKERS", "SRS_JOB_GPUS_PER_WORKER",
+                           "SRS_JOB_NPROC_PER_NODE", "SRS_JOB_NAMESPACE"}
     assert not any("configMapAsEnv" in s for label, s in executors.items()
-                   if label != launchers[0])
+                   if label not in launchers)
+
+
+def test_backend_choice_shows_as_named_branches(compiled) -> None:
+    spec, _, _ = compiled
+    dag = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    assert set(dag) == {"condition-2", "condition-3", "condition-4"}
+    names = {t["taskInfo"]["name"] for t in dag.values()}
+    assert names == {"on-pytorchjob", "on-trainjob", "in-step"}
+    shown = {task["taskInfo"]["name"] for name, comp in spec["components"].items()
+             if name.startswith("comp-condition-") for task in comp["dag"]["tasks"].values()}
+    assert {"train-srs-pytorchjob", "train-srs-trainjob", "train-srs"} <= shown
 
 
 def test_retries_and_caching(compiled) -> None:
@@ -456,7 +475,7 @@ def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.Captur
     assert code == 0
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)  # the step logs go to stderr
-    assert "evaluate/report: " in captured.err and "train-srs-2/report: " in captured.err
+    assert "evaluate/report: " in captured.err and "train-srs-3/report: " in captured.err
     paper_names = [f"paper_{name}" for name in METRIC_NAMES]
     assert list(metrics) == [*METRIC_NAMES, *paper_names]  # ours, then the authors' protocol
     assert all(0.0 <= metrics[name] <= 1.0 for name in metrics)
@@ -485,7 +504,7 @@ def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.Captur
         "val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1"}
     validation = Path(_artifact(outputs, "validate", "report")["uri"]).read_text()
     assert "result: OK" in validation
-    training = Path(_artifact(outputs, "train-srs-2", "report")["uri"]).read_text()
+    training = Path(_artifact(outputs, "train-srs-3", "report")["uri"]).read_text()
     assert 'src="data:image/png;base64,' in training  # the loss curves
     evaluation = Path(_artifact(outputs, "evaluate", "report")["uri"]).read_text()
     assert evaluation.count('class="dialog"') == 3 and "R10@1" in evaluation

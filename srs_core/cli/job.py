@@ -1,4 +1,7 @@
-"""`srs job render|run|local`: the training job as a PyTorchJob manifest, on a cluster, or here.
+"""`srs job render|run|local`: the training job as a manifest, on a cluster, or here.
+
+``--kind pytorchjob`` (Training Operator v1) or ``--kind trainjob`` (Trainer v2, on the
+``srs-torch`` ClusterTrainingRuntime of manifests/trainer); ``--queue`` puts it behind Kueue.
 
 Train arguments follow ``--`` and are passed to ``srs_core.cli`` unchanged, e.g.
 ``srs job render --image IMG --workers 2 -- train --preset paper train.epochs=5``.
@@ -40,19 +43,30 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
     add("--run-id", help="run id label (KFP run id); also names the job")
     add("--backoff-limit", type=int, help="pod restarts before the job fails (default 3)")
     add("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env (repeatable)")
+    add("--kind", choices=("pytorchjob", "trainjob"), default="pytorchjob",
+        help="pytorchjob (Training Operator v1) or trainjob (Trainer v2); default pytorchjob")
+    add("--queue", dest="queue_name", help="Kueue LocalQueue (SRS_JOB_QUEUE); the job is "
+        "created suspended and Kueue admits it")
+    add("--priority-class", help="Kueue WorkloadPriorityClass (needs --queue)")
+    add("--runtime", help="trainjob: the ClusterTrainingRuntime (default srs-torch)")
+    add("--job-owner", choices=("none", "step"), default="none",
+        help="step: the pod in $SRS_POD_NAME/$SRS_POD_UID owns the job (deleted with it)")
     add("train_args", nargs=argparse.REMAINDER, metavar="-- TRAIN ARGS",
         help="arguments of srs_core.cli (default: train)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("job", help="render or run the training PyTorchJob, or run it here")
+    parser = sub.add_parser("job", help="render or run the training job (PyTorchJob or TrainJob), "
+                            "or run it here")
     cmds = parser.add_subparsers(dest="job_command", metavar="ACTION", required=True)
 
-    render = cmds.add_parser("render", help="print the PyTorchJob YAML (no cluster needed)")
+    render = cmds.add_parser("render", help="print the job's YAML (no cluster needed)")
     _spec_arguments(render)
+    render.add_argument("--with-runtime", action="store_true",
+                        help="trainjob: also print the ClusterTrainingRuntime it references")
     render.set_defaults(func=_render)
 
-    run = cmds.add_parser("run", help="create (or adopt) the PyTorchJob and wait for it")
+    run = cmds.add_parser("run", help="create (or adopt) the job and wait for it")
     _spec_arguments(run)
     run.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: "
                      "forever)")
@@ -63,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube)")
     run.add_argument("--context", help="kubeconfig context")
     run.add_argument("--poll-interval", type=float, default=10.0, help="seconds between polls")
+    run.add_argument("--pending-timeout", type=float, default=None,
+                     help="seconds the job may wait for nodes or admission before it fails with "
+                     "the cluster's reasons (default: no limit but --timeout)")
     run.set_defaults(func=_run)
 
     local = cmds.add_parser("local", help="run the training entrypoint under torchrun here")
@@ -81,7 +98,7 @@ def _train_args(args: argparse.Namespace) -> list[str]:
 
 def spec_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None):
     """A JobSpec from the ``SRS_JOB_*`` environment, overridden by the command line."""
-    from srs_core.launch import JobSpec, job_name, parse_key_values, parse_toleration
+    from srs_core.launch import JobSpec, job_name, parse_key_values, parse_toleration, step_owner
 
     env = dict(os.environ if environ is None else environ)
     for item in args.env:
@@ -96,7 +113,9 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str] | None = No
         secret_name=args.secret_name, service_account=args.service_account,
         nccl_socket_ifname=args.nccl_socket_ifname, checkpoint_uri=args.checkpoint_uri,
         run_id=args.run_id, backoff_limit=args.backoff_limit, train_args=_train_args(args),
-        env=dict(item.split("=", 1) for item in args.env) or None)
+        env=dict(item.split("=", 1) for item in args.env) or None,
+        queue_name=args.queue_name, priority_class=args.priority_class, runtime=args.runtime,
+        owner=step_owner(env) if args.job_owner == "step" else None)
     if args.node_selector:
         spec.node_selector = parse_key_values(",".join(args.node_selector), "--node-selector")
     if args.toleration:
@@ -105,19 +124,24 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str] | None = No
 
 
 def _render(args: argparse.Namespace) -> int:
-    from srs_core.launch import render_yaml
+    from srs_core.launch import pytorchjob, trainjob
 
-    sys.stdout.write(render_yaml(spec_from_args(args)))
+    spec = spec_from_args(args)
+    if args.kind == "trainjob":
+        sys.stdout.write(trainjob.render_yaml(spec, with_runtime=args.with_runtime))
+    else:
+        sys.stdout.write(pytorchjob.render_yaml(spec))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from srs_core.launch import kube_configuration, run_pytorchjob
+    from srs_core.launch import kube_configuration, run_job
 
-    outcome = run_pytorchjob(
-        spec_from_args(args), timeout=args.timeout, cleanup=args.cleanup,
+    outcome = run_job(
+        spec_from_args(args), kind=args.kind, timeout=args.timeout, cleanup=args.cleanup,
         configuration=kube_configuration(args.kubeconfig, args.context),
-        poll_interval=args.poll_interval, replace_failed=args.replace_failed)
+        poll_interval=args.poll_interval, replace_failed=args.replace_failed,
+        pending_timeout=args.pending_timeout)
     print_json(outcome.as_dict())
     return 0
 

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--checkpoint", required=True, help="URI of best.pt")
     evaluate.add_argument("--split", choices=("val", "test"), default="test")
     evaluate.add_argument("--out", required=True, help="URI for metrics.json and scores.jsonl")
+    evaluate.add_argument("--library", default="", metavar="INDEX_URI",
+                          help="also rank each answer among every sticker of this index "
+                          "(`srs index build`): metrics.json -> library")
     add_config_arguments(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
@@ -37,5 +40,6 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from srs_core.evaluate import evaluate
 
-    print_json(evaluate(config_from_args(args), args.checkpoint, args.split, args.out))
+    print_json(evaluate(config_from_args(args), args.checkpoint, args.split, args.out,
+                        library=args.library))
     return 0

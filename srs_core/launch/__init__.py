@@ -1,46 +1,74 @@
-"""Where training runs: a Kubeflow PyTorchJob on a cluster, or torchrun on this machine.
+"""Where training runs: a Kubeflow job on a cluster, or torchrun on this machine.
 
-- :mod:`.pytorchjob` builds the ``kubeflow.org/v1`` PyTorchJob from a :class:`JobSpec` with the
-  ``kubeflow-training`` SDK models and validates it against the vendored CRD schema.
-- :mod:`.client` creates or adopts it, streams the master's log, waits, explains a failure and
-  cleans up (:class:`PyTorchJobLauncher`, :func:`run_pytorchjob`).
+- :mod:`.spec`: the job-neutral :class:`JobSpec` and the pod every job kind runs.
+- :mod:`.backend`: the small interface of a job kind; :mod:`.pytorchjob` (Training Operator v1
+  ``PyTorchJob``) and :mod:`.trainjob` (Trainer v2 ``TrainJob`` on the ``srs-torch``
+  ClusterTrainingRuntime) implement it, each validating against its vendored CRD.
+- :mod:`.client`: one loop for every kind — create or adopt, stream the rank-0 log, say why a
+  job cannot start, wait, explain a failure, cancel, clean up (:class:`JobLauncher`,
+  :func:`run_job`).
 - :mod:`.local` runs the same entrypoint under ``torchrun --standalone`` (:func:`run_local`).
 """
 
+from srs_core.launch.backend import BACKENDS, Backend, JobStatus, get_backend
 from srs_core.launch.client import (
+    JobLauncher,
     JobOutcome,
     PyTorchJobLauncher,
     job_state,
     kube_configuration,
+    run_job,
     run_pytorchjob,
+    step_owner,
 )
 from srs_core.launch.local import LocalResult, LocalTorchrun, run_local
 from srs_core.launch.pytorchjob import (
-    JobSpec,
     build_pytorchjob,
-    job_name,
-    parse_key_values,
-    parse_toleration,
     render_pytorchjob,
     render_yaml,
     validate_pytorchjob,
 )
+from srs_core.launch.spec import JobSpec, job_name, parse_key_values, parse_toleration
+from srs_core.launch.trainjob import (
+    build_runtime,
+    build_trainjob,
+    render_runtime,
+    render_trainjob,
+    validate_runtime,
+    validate_trainjob,
+)
+
+JOB_KINDS = tuple(BACKENDS)
 
 __all__ = [
+    "BACKENDS",
+    "JOB_KINDS",
+    "Backend",
+    "JobLauncher",
     "JobOutcome",
     "JobSpec",
+    "JobStatus",
     "LocalResult",
     "LocalTorchrun",
     "PyTorchJobLauncher",
     "build_pytorchjob",
+    "build_runtime",
+    "build_trainjob",
+    "get_backend",
     "job_name",
     "job_state",
     "kube_configuration",
     "parse_key_values",
     "parse_toleration",
     "render_pytorchjob",
+    "render_runtime",
+    "render_trainjob",
     "render_yaml",
+    "run_job",
     "run_local",
     "run_pytorchjob",
+    "step_owner",
     "validate_pytorchjob",
+    "validate_runtime",
+    "validate_trainjob",
 ]

@@ -1,4 +1,4 @@
-"""Stream the master pod's log of a PyTorchJob into our log, across container restarts."""
+"""Stream the rank-0 pod's log of a job into our log, across container and pod restarts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from srs_core.launch.pytorchjob import CONTAINER
+from srs_core.launch.pytorchjob import CONTAINER, JOB_NAME_LABEL, JOB_ROLE_LABEL
 
 log = logging.getLogger(__name__)
-
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # set by the Training Operator on its pods
-JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
 
 
 def list_limits(request_timeout: float) -> dict[str, Any]:
@@ -25,7 +22,8 @@ def list_limits(request_timeout: float) -> dict[str, Any]:
 
 
 class LogFollower(threading.Thread):
-    """Streams the master pod's container log into our log; survives container restarts.
+    """Streams the rank-0 pod's container log into our log; survives container restarts and
+    replaced pods (a JobSet restart makes new pods: the newest one matching is followed).
 
     The pod-log API has no server-side timeout, so a read timeout of ``idle_timeout`` stands in:
     a stream silent that long (perhaps dropped without a FIN) is re-opened, and the re-read
@@ -33,31 +31,33 @@ class LogFollower(threading.Thread):
     """
 
     def __init__(self, core: Any, name: str, namespace: str, poll: float, tail: int = 30, *,
-                 request_timeout: float = 30.0, idle_timeout: float = 300.0):
+                 request_timeout: float = 30.0, idle_timeout: float = 300.0,
+                 selector: str | None = None, container: str = CONTAINER):
         super().__init__(name=f"logs-{name}", daemon=True)
         self.core, self.job, self.namespace, self.poll = core, name, namespace, poll
         self.request_timeout, self.idle_timeout = request_timeout, idle_timeout
+        self.selector = selector or f"{JOB_NAME_LABEL}={name},{JOB_ROLE_LABEL}=master"
+        self.container = container
         self.tail: deque[str] = deque(maxlen=tail)
         self.stopping = threading.Event()
         self._response: Any = None
         self._emitted: dict[tuple[str, int], int] = {}  # (pod uid, restarts) -> lines logged
 
     def _master_pod(self) -> Any:
-        selector = f"{JOB_NAME_LABEL}={self.job},{JOB_ROLE_LABEL}=master"
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector,
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector,
                                              **list_limits(self.request_timeout)).items
-        return pods[0] if pods else None
+        # After a restart of the whole group the old pod may linger: follow the newest.
+        return max(pods, key=lambda p: str(p.metadata.creation_timestamp or "")) if pods else None
 
-    @staticmethod
-    def _container(pod: Any) -> tuple[int, bool]:
+    def _container(self, pod: Any) -> tuple[int, bool]:
         for status in pod.status.container_statuses or []:
-            if status.name == CONTAINER:
+            if status.name == self.container:
                 return status.restart_count or 0, bool(status.state and status.state.running)
         return 0, False
 
     def _lines(self, pod_name: str) -> Iterator[str]:
         self._response = self.core.read_namespaced_pod_log(
-            pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False,
+            pod_name, self.namespace, container=self.container, follow=True, _preload_content=False,
             _request_timeout=(self.request_timeout, self.idle_timeout))
         pending = b""
         try:

@@ -13,299 +13,38 @@ torchrun overwrites per process.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from srs_core.errors import ConfigError
+from srs_core.launch.backend import Backend, JobStatus
+from srs_core.launch.schema import SCHEMAS, dump_yaml, to_dict, validate_object
+from srs_core.launch.spec import (  # noqa: F401  (re-exported: the historical home of these)
+    _ENV_FIELDS,
+    CHECKPOINT_ANNOTATION,
+    ENV_VARIABLES,
+    HOME_DIR,
+    POD_LABELS,
+    RUN_ID_LABEL,
+    S3_ENV_KEYS,
+    WRITABLE_ENV,
+    WRITABLE_MOUNTS,
+    JobSpec,
+    job_labels,
+    job_name,
+    object_metadata,
+    parse_key_values,
+    parse_toleration,
+    pod_template,
+)
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
 CONTAINER = "pytorch"  # the operator injects its env into the container of this name
 PORT_NAME = "pytorchjob-port"
-RUN_ID_LABEL = "srs-kubeflow/run-id"
-CHECKPOINT_ANNOTATION = "srs-kubeflow/checkpoint"
-S3_ENV_KEYS = ("SRS_S3_ENDPOINT", "SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY", "SRS_S3_SECURE")
-CRD_PATH = Path(__file__).with_name("schemas") / "kubeflow.org_pytorchjobs.yaml"
-# Every pod of every SRS job carries these; manifests/base/networkpolicy.yaml selects them.
-POD_LABELS = {"app.kubernetes.io/name": "srs", "app.kubernetes.io/component": "train"}
-
-# The root filesystem is read-only, so every place written at run time is an emptyDir, and the
-# variables below point each library there instead of at an unwritable default.
-HOME_DIR = "/home/srs"  # the images' HOME and WORKDIR (uid 1000, images/Dockerfile.*)
-CACHE_DIR = "/cache"
-WRITABLE_MOUNTS = {"home": HOME_DIR, "cache": CACHE_DIR, "tmp": "/tmp"}
-WRITABLE_ENV = {
-    "HOME": HOME_DIR,  # ~/.nv (CUDA's JIT cache), ~/.config; also the working directory
-    "TMPDIR": "/tmp",
-    "XDG_CACHE_HOME": CACHE_DIR,  # torch hub / timm weights, huggingface, fontconfig
-    "SRS_CACHE_DIR": f"{CACHE_DIR}/srs",  # srs_core.store.cache_root: downloads, upload staging
-    "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
-    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
-    "MPLCONFIGDIR": f"{HOME_DIR}/.config/matplotlib",  # whatever HOME an image sets
-}
-
-# Pod and Service names are "<job>-worker-<i>"; Services must be DNS-1035 labels of <= 63 chars.
-_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
-_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE])?$")
-_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-
-
-@dataclass
-class JobSpec:
-    """Everything that varies between SRS training jobs; :func:`build_pytorchjob` does the rest."""
-
-    name: str
-    image: str
-    namespace: str = "srs"
-    train_args: list[str] = field(default_factory=lambda: ["train"])
-    workers: int = 1  # replicas in total, the Master included
-    nproc_per_node: int | None = None  # processes per replica; default: GPUs, or 1 on CPU
-    gpus_per_worker: int = 0
-    cpu: str = "4"
-    memory: str = "16Gi"
-    cpu_limit: str | None = None  # None: no CPU limit (throttling hurts data loading)
-    memory_limit: str | None = None  # None: same as the request
-    shm_size: str = "8Gi"  # /dev/shm for DataLoader workers and NCCL
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, str]] = field(default_factory=list)
-    secret_name: str | None = "srs-minio"  # Secret with the SRS_S3_* keys
-    service_account: str | None = "srs-trainer"
-    nccl_debug: str = "WARN"
-    nccl_socket_ifname: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    checkpoint_uri: str | None = None  # passed as train.output=URI: restarts resume from it
-    run_id: str | None = None
-    backoff_limit: int = 3  # pod restarts (each resumes from the last checkpoint) before Failed
-    ttl_seconds_after_finished: int | None = 7 * 24 * 3600
-    active_deadline_seconds: int | None = None
-    image_pull_policy: str = "IfNotPresent"
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def processes_per_worker(self) -> int:
-        """torchrun processes in each replica (one per GPU on GPU nodes)."""
-        return self.nproc_per_node or self.gpus_per_worker or 1
-
-    def validate(self) -> JobSpec:
-        """Raise ConfigError naming the first bad field; return self."""
-        where = f"job spec {self.name!r}"
-        if not _NAME.match(self.name):
-            raise ConfigError(f"{where}: name must be a DNS-1035 label of at most 50 characters "
-                              "(lowercase letters, digits, '-'; starts with a letter)")
-        if not self.image:
-            raise ConfigError(f"{where}: image is empty; pass --image or set SRS_JOB_IMAGE")
-        for key in ("workers", "backoff_limit"):
-            if getattr(self, key) < (1 if key == "workers" else 0):
-                raise ConfigError(f"{where}: {key}={getattr(self, key)} is out of range")
-        if self.gpus_per_worker < 0 or self.processes_per_worker < 1:
-            raise ConfigError(f"{where}: gpus_per_worker and nproc_per_node must be positive")
-        if self.gpus_per_worker and self.processes_per_worker > self.gpus_per_worker:
-            raise ConfigError(f"{where}: nproc_per_node={self.processes_per_worker} exceeds "
-                              f"gpus_per_worker={self.gpus_per_worker} (one process per GPU)")
-        for key in ("cpu", "memory", "cpu_limit", "memory_limit", "shm_size"):
-            value = getattr(self, key)
-            if value is not None and not _QUANTITY.match(str(value)):
-                raise ConfigError(f"{where}: {key}={value!r} is not a Kubernetes quantity "
-                                  "(e.g. 4, 500m, 16Gi)")
-        if self.run_id is not None and not _LABEL_VALUE.match(self.run_id):
-            raise ConfigError(f"{where}: run_id {self.run_id!r} is not a valid label value "
-                              "(<= 63 of A-Z a-z 0-9 - _ .)")
-        clash = sorted(k for k, v in self.labels.items() if POD_LABELS.get(k, v) != v)
-        if clash:
-            raise ConfigError(f"{where}: labels {', '.join(clash)} are set by the launcher (the "
-                              "NetworkPolicy of manifests/base selects the pods by them)")
-        for toleration in self.tolerations:
-            if toleration.get("effect") and toleration["effect"] not in _EFFECTS:
-                raise ConfigError(f"{where}: toleration effect {toleration['effect']!r} is not "
-                                  f"one of {', '.join(_EFFECTS)}")
-        return self
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str], /, **values: Any) -> JobSpec:
-        """Defaults from ``SRS_JOB_*`` variables (the srs-defaults ConfigMap), then ``values``."""
-        merged: dict[str, Any] = {}
-        for name, (var, parse) in _ENV_FIELDS.items():
-            if environ.get(var, "") != "":
-                try:
-                    merged[name] = parse(environ[var])
-                except ValueError as exc:
-                    raise ConfigError(f"environment {var}={environ[var]!r}: {exc}") from exc
-        merged.update({k: v for k, v in values.items() if v is not None})
-        merged.setdefault("name", "srs-train")
-        merged.setdefault("image", "")
-        return cls(**merged)
-
-    def with_overrides(self, **values: Any) -> JobSpec:
-        """A copy with the given fields replaced (None values are ignored)."""
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
-
-
-def job_name(prefix: str, run_id: str) -> str:
-    """The same valid job name for every attempt of a run, so a restarted launcher adopts it."""
-    text = re.sub(r"[^a-z0-9]+", "-", f"{prefix}-{run_id}".lower()).strip("-")
-    if len(text) > 50 or not run_id:
-        digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
-        text = f"{text[:41].rstrip('-')}-{digest}"
-    if not _NAME.match(text):
-        raise ConfigError(f"job name prefix {prefix!r} must start with a lowercase letter")
-    return text
-
-
-def parse_key_values(text: str, where: str = "node selector") -> dict[str, str]:
-    """``"a=1,b=2"`` -> ``{"a": "1", "b": "2"}``."""
-    result = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{where}: expected key=value, got {item!r}")
-        result[key] = value
-    return result
-
-
-def parse_toleration(text: str) -> dict[str, str]:
-    """kubectl-taint syntax: ``key=value:Effect``, ``key:Effect``, ``key=value`` or ``key``."""
-    body, _, effect = text.strip().partition(":")
-    key, has_value, value = body.partition("=")
-    if not key:
-        raise ConfigError(f"toleration {text!r}: expected key[=value][:Effect]")
-    toleration = {"key": key, "operator": "Equal" if has_value else "Exists"}
-    if has_value:
-        toleration["value"] = value
-    if effect:
-        if effect not in _EFFECTS:
-            raise ConfigError(f"toleration {text!r}: effect must be one of {', '.join(_EFFECTS)}")
-        toleration["effect"] = effect
-    return toleration
-
-
-def _parse_tolerations(text: str) -> list[dict[str, str]]:
-    return [parse_toleration(item) for item in text.split(",") if item.strip()]
-
-
-_ENV_FIELDS: dict[str, tuple[str, Any]] = {
-    "namespace": ("SRS_JOB_NAMESPACE", str),
-    "image": ("SRS_JOB_IMAGE", str),
-    "workers": ("SRS_JOB_WORKERS", int),
-    "nproc_per_node": ("SRS_JOB_NPROC_PER_NODE", int),
-    "gpus_per_worker": ("SRS_JOB_GPUS_PER_WORKER", int),
-    "cpu": ("SRS_JOB_CPU", str),
-    "memory": ("SRS_JOB_MEMORY", str),
-    "cpu_limit": ("SRS_JOB_CPU_LIMIT", str),
-    "memory_limit": ("SRS_JOB_MEMORY_LIMIT", str),
-    "shm_size": ("SRS_JOB_SHM_SIZE", str),
-    "node_selector": ("SRS_JOB_NODE_SELECTOR", parse_key_values),
-    "tolerations": ("SRS_JOB_TOLERATIONS", _parse_tolerations),
-    "secret_name": ("SRS_JOB_SECRET", str),
-    "service_account": ("SRS_JOB_SERVICE_ACCOUNT", str),
-    "nccl_debug": ("SRS_JOB_NCCL_DEBUG", str),
-    "nccl_socket_ifname": ("SRS_JOB_NCCL_SOCKET_IFNAME", str),
-    "backoff_limit": ("SRS_JOB_BACKOFF_LIMIT", int),
-    "ttl_seconds_after_finished": ("SRS_JOB_TTL_SECONDS", int),
-}
-ENV_VARIABLES = tuple(var for var, _ in _ENV_FIELDS.values())
-
-
-def _cpu_count(quantity: str) -> float:
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
-def _train_args(spec: JobSpec) -> list[str]:
-    args = list(spec.train_args)
-    if spec.checkpoint_uri:
-        wanted = f"train.output={spec.checkpoint_uri}"
-        given = [a for a in args if a.startswith("train.output=")]
-        if given and given[-1] != wanted:
-            raise ConfigError(f"job spec {spec.name!r}: train args set {given[-1]!r} but the "
-                              f"checkpoint URI is {spec.checkpoint_uri!r}; give only one")
-        if not given:
-            args.append(wanted)
-    return args
-
-
-def _environment(spec: JobSpec):
-    from kubernetes import client as k8s
-
-    env = [k8s.V1EnvVar(name="NCCL_DEBUG", value=spec.nccl_debug),
-           k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
-           k8s.V1EnvVar(name="SRS_JOB_NAME", value=spec.name)]
-    env += [k8s.V1EnvVar(name=key, value=value) for key, value in WRITABLE_ENV.items()]
-    if spec.nccl_socket_ifname:
-        env.append(k8s.V1EnvVar(name="NCCL_SOCKET_IFNAME", value=spec.nccl_socket_ifname))
-    if not spec.gpus_per_worker:
-        # torchrun would pin each CPU process to one thread; share the pod's CPUs instead.
-        threads = max(1, int(_cpu_count(spec.cpu) // spec.processes_per_worker))
-        env.append(k8s.V1EnvVar(name="OMP_NUM_THREADS", value=str(threads)))
-    if spec.run_id:
-        env.append(k8s.V1EnvVar(name="SRS_RUN_ID", value=spec.run_id))
-    if spec.secret_name:
-        # Values stay in the Secret; the job only names it (nothing secret is rendered).
-        for key in S3_ENV_KEYS:
-            ref = k8s.V1SecretKeySelector(name=spec.secret_name, key=key,
-                                          optional=key == "SRS_S3_SECURE")
-            env.append(k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
-    reserved = {e.name for e in env}
-    for key, value in spec.env.items():
-        if key in reserved:
-            raise ConfigError(f"job spec {spec.name!r}: env {key} is set by the launcher")
-        env.append(k8s.V1EnvVar(name=key, value=str(value)))
-    return env
-
-
-def _pod_template(spec: JobSpec, labels: dict[str, str]):
-    from kubernetes import client as k8s
-
-    requests = {"cpu": spec.cpu, "memory": spec.memory}
-    limits = {"memory": spec.memory_limit or spec.memory}
-    if spec.cpu_limit:
-        limits["cpu"] = spec.cpu_limit
-    if spec.gpus_per_worker:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
-    container = k8s.V1Container(
-        name=CONTAINER,
-        image=spec.image,
-        image_pull_policy=spec.image_pull_policy,
-        command=["torchrun"],
-        args=["-m", "srs_core.cli", *_train_args(spec)],
-        env=_environment(spec),
-        ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=23456, protocol="TCP")],
-        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
-        working_dir=HOME_DIR,  # a relative train.output lands on a writable volume
-        volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")] + [
-            k8s.V1VolumeMount(name=name, mount_path=path)
-            for name, path in WRITABLE_MOUNTS.items()],
-        security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]),
-            read_only_root_filesystem=True),
-    )
-    # emptyDirs live and die with the pod: a restarted pod resumes from the checkpoint URI, not
-    # from anything left on these volumes.
-    volumes = [k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
-        medium="Memory", size_limit=spec.shm_size))]
-    volumes += [k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource())
-                for name in WRITABLE_MOUNTS]
-    pod = k8s.V1PodSpec(
-        containers=[container],
-        volumes=volumes,
-        node_selector=dict(spec.node_selector) or None,
-        tolerations=[k8s.V1Toleration(**t) for t in spec.tolerations] or None,
-        service_account_name=spec.service_account,
-        automount_service_account_token=False,  # training never talks to the API server
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
-    )
-    # Istio sidecars outlive the training container and keep a finished job Running.
-    metadata = k8s.V1ObjectMeta(labels=labels, annotations={"sidecar.istio.io/inject": "false"})
-    return k8s.V1PodTemplateSpec(metadata=metadata, spec=pod)
+CRD_PATH = SCHEMAS / "kubeflow.org_pytorchjobs.yaml"
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # set by the Training Operator on its pods
+JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
 
 
 def build_pytorchjob(spec: JobSpec):
@@ -314,21 +53,23 @@ def build_pytorchjob(spec: JobSpec):
     from kubernetes import client as k8s
 
     spec.validate()
-    labels = {**POD_LABELS, **spec.labels}  # validate() refused changes to POD_LABELS
-    if spec.run_id:
-        labels[RUN_ID_LABEL] = spec.run_id
-    template = _pod_template(spec, labels)
+    template = pod_template(spec, job_labels(spec), CONTAINER, PORT_NAME)
     replicas = {"Master": kf.KubeflowOrgV1ReplicaSpec(
         replicas=1, restart_policy="OnFailure", template=template)}
     if spec.workers > 1:
         replicas["Worker"] = kf.KubeflowOrgV1ReplicaSpec(
             replicas=spec.workers - 1, restart_policy="OnFailure", template=template)
-    annotations = {CHECKPOINT_ANNOTATION: spec.checkpoint_uri} if spec.checkpoint_uri else None
+    meta = object_metadata(spec)
+    owners = [k8s.V1OwnerReference(api_version=o["apiVersion"], kind=o["kind"], name=o["name"],
+                                   uid=o["uid"], controller=o["controller"],
+                                   block_owner_deletion=o["blockOwnerDeletion"])
+              for o in meta.get("ownerReferences", [])]
     return kf.KubeflowOrgV1PyTorchJob(
         api_version=API_VERSION,
         kind=KIND,
-        metadata=k8s.V1ObjectMeta(name=spec.name, namespace=spec.namespace, labels=labels,
-                                  annotations=annotations),
+        metadata=k8s.V1ObjectMeta(name=spec.name, namespace=spec.namespace,
+                                  labels=meta["labels"], annotations=meta.get("annotations"),
+                                  owner_references=owners or None),
         spec=kf.KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(spec.processes_per_worker),
             pytorch_replica_specs=replicas,
@@ -337,16 +78,12 @@ def build_pytorchjob(spec: JobSpec):
                 clean_pod_policy="Running",  # free GPUs of peers at the end, keep logs of pods
                 ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
                 active_deadline_seconds=spec.active_deadline_seconds,
+                # Behind Kueue the job waits suspended until its queue admits it (Kueue's
+                # webhook would suspend it too; creating it so leaves no window for pods).
+                suspend=True if spec.queue_name else None,
             ),
         ),
     )
-
-
-def to_dict(job: Any) -> dict[str, Any]:
-    """A plain JSON-able dict of a model object (what the API server receives)."""
-    from kubernetes.client import ApiClient
-
-    return ApiClient().sanitize_for_serialization(job)
 
 
 def render_pytorchjob(spec: JobSpec) -> dict[str, Any]:
@@ -356,56 +93,55 @@ def render_pytorchjob(spec: JobSpec) -> dict[str, Any]:
     return manifest
 
 
-class _PlainDumper(yaml.SafeDumper):
-    """No ``&id001`` anchors: shared sub-objects are written out in full, as kubectl does."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
 def render_yaml(spec: JobSpec) -> str:
     """The validated PyTorchJob as YAML (what ``srs job render`` prints)."""
-    return yaml.dump(render_pytorchjob(spec), Dumper=_PlainDumper, sort_keys=False,
-                     default_flow_style=False)
+    return dump_yaml(render_pytorchjob(spec))
 
 
-def _strict(schema: Any) -> Any:
-    """Forbid unknown fields wherever the CRD lists properties (the API server prunes them)."""
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: _strict(value) for key, value in schema.items()}
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
-        out["additionalProperties"] = False
-    return out
-
-
-@functools.cache
 def pytorchjob_schema(crd_path: str = str(CRD_PATH), strict: bool = True) -> dict[str, Any]:
     """``openAPIV3Schema`` of the CRD's v1 version (strict: unknown fields are errors)."""
-    try:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        crd = yaml.load(Path(crd_path).read_text(encoding="utf-8"), Loader=loader)
-        schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
-                      if v["name"] == "v1")
-    except (OSError, KeyError, StopIteration, TypeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{crd_path}: not a CRD with a v1 openAPIV3Schema ({exc})") from exc
-    return _strict(schema) if strict else schema
+    from srs_core.launch.schema import crd_schema
+
+    return crd_schema(crd_path, "v1", strict)
 
 
 def validate_pytorchjob(manifest: Mapping[str, Any], crd_path: str | os.PathLike | None = None,
                         strict: bool = True) -> None:
     """Raise ConfigError listing every violation of the PyTorchJob CRD schema."""
-    import jsonschema
+    validate_object(manifest, crd_path or CRD_PATH, "v1", strict)
 
-    schema = pytorchjob_schema(str(crd_path or CRD_PATH), strict)
-    validator = jsonschema.Draft4Validator(schema)
-    errors = sorted(validator.iter_errors(dict(manifest)), key=lambda e: list(e.absolute_path))
-    if errors:
-        name = manifest.get("metadata", {}).get("name", "?")
-        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-                 for e in errors[:10]]
-        raise ConfigError(f"PyTorchJob {name!r} does not match the CRD schema "
-                          f"({len(errors)} problem(s)):\n" + "\n".join(lines))
+
+class PyTorchJobBackend(Backend):
+    """Training Operator v1: Master + Workers, conditions Created/Running/Restarting/..."""
+
+    kind, group, version, plural = KIND, "kubeflow.org", "v1", "pytorchjobs"
+    container = CONTAINER
+
+    def render(self, spec: JobSpec) -> dict[str, Any]:
+        return render_pytorchjob(spec)
+
+    def status(self, job: Mapping[str, Any]) -> JobStatus:
+        """Failed/Succeeded win; else the newest true condition; no condition yet: Pending."""
+        conditions = [c for c in (job.get("status") or {}).get("conditions") or []
+                      if c.get("status") == "True"]
+        for terminal in ("Failed", "Succeeded"):
+            for condition in conditions:
+                if condition.get("type") == terminal:
+                    return JobStatus.of(terminal, condition)
+        if conditions:
+            newest = conditions[-1]
+            state = {"Created": "Pending"}.get(newest.get("type"), newest.get("type"))
+            return JobStatus.of(state, newest)
+        return JobStatus("Pending")
+
+    def pod_selector(self, name: str) -> str:
+        return f"{JOB_NAME_LABEL}={name}"
+
+    def rank0_selector(self, name: str) -> str:
+        return f"{JOB_NAME_LABEL}={name},{JOB_ROLE_LABEL}=master"
+
+    def rank_of(self, pod: Any) -> str:
+        labels = pod.metadata.labels or {}
+        kind = labels.get("training.kubeflow.org/replica-type", "")
+        index = labels.get("training.kubeflow.org/replica-index", "")
+        return f"{kind.capitalize()} {index}".strip()

@@ -1,0 +1,255 @@
+"""Whole-library sticker suggestion on tiny demo data; prints JSON.
+
+Trains the tiny preset briefly on synthetic StickerChat data, builds the library index, then
+measures in one run: (a) index build stickers/s; (b) suggest latency per dialog (p50/p95) for
+N = 20/50/100 against the naive alternative, ITM over every library sticker, with the ratio;
+(c) the answer recall kept by reranking only the ITA top-N vs ITM over the whole library;
+(d) HNSW and IVF recall@10 against exact search; (e) requests/s and latency of a real
+``srs serve`` subprocess on 127.0.0.1 at 1, 4 and 16 concurrent clients.
+
+    python bench/suggest.py [--sets 40] [--sample 16] [--requests 48] > bench/results/suggest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from srs_core.config import load_config
+from srs_core.data.stickerchat import iter_dialogs
+from srs_core.data.synth import synthesize
+from srs_core.library import (
+    RERANK_NS,
+    ImageTokens,
+    Searcher,
+    Suggester,
+    ann_recall,
+    build_index,
+    clean_context,
+    itm_scores,
+)
+from srs_core.train.data import context_texts
+from srs_core.train.loop import train
+
+KS = (1, 5, 10)
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p95_ms": round(float(np.percentile(ms, 95)), 2)}
+
+
+def train_tiny(base: Path, steps: int) -> str:
+    """The tests' recipe (tests/library_setup.py): a few dozen steps at a flat 1e-3."""
+    cfg = load_config(preset="tiny", overrides=[
+        f"data.stickerchat={base / 'stickerchat'}", f"train.output={base / 'run'}",
+        "train.batch_size=8", "eval.batch_size=16", f"train.max_steps={steps}",
+        "loss.emotion=false", "train.log_every=1000", "train.num_workers=0",
+        "train.warmup_lr=1e-3", "train.lr=1e-3", "train.warmup_step_iterations=1",
+        "loss.simclr_intra=false", "loss.simclr_inter=false",
+    ])
+    train(cfg)
+    return str(base / "run" / "best.pt")
+
+
+def suggest_latency(suggester: Suggester, contexts: list[tuple[str, ...]]) -> dict[str, Any]:
+    """One dialog per call, as a chat client asks; token cache off so every call encodes N."""
+    out = {}
+    suggester.suggest([contexts[0]], k=5, n=20)  # first call pays lazy init, not counted
+    for n in RERANK_NS:
+        times = []
+        for context in contexts:
+            started = time.perf_counter()
+            suggester.suggest([context], k=5, n=n)
+            times.append(time.perf_counter() - started)
+        out[f"N={n}"] = _percentiles(times)
+    return out
+
+
+def whole_library_itm(suggester: Suggester, contexts: list[tuple[str, ...]]
+                      ) -> tuple[list[np.ndarray], list[float]]:
+    """The naive alternative: ITM of each dialog with every sticker (no index, no cache)."""
+    rows = suggester.index.rows.tolist()
+    scores, times = [], []
+    for context in contexts:
+        images = ImageTokens(suggester.loaded.model, suggester.cache, suggester.loaded.device)
+        started = time.perf_counter()
+        tokens, mask, _ = suggester.encode([context])
+        scores.append(itm_scores(suggester.loaded.model, tokens, mask, [rows], images)[0])
+        times.append(time.perf_counter() - started)
+    return scores, times
+
+
+def recall_vs_whole_library(suggester: Suggester, contexts: list[tuple[str, ...]],
+                            answers: list[int], full_itm: list[np.ndarray]) -> dict[str, Any]:
+    """Answer recall@k of full ITM vs rerank@N (answers outside the top-N keep their ITA rank,
+    as in srs_core.library.library_metrics), plus how much of full ITM's top-5 survives."""
+    _, _, features = suggester.encode(contexts)
+    ita = features @ suggester.index.embeddings.T  # [S, M]
+    full_ranks = np.array([(s >= s[a]).sum() for s, a in zip(full_itm, answers, strict=True)])
+    out: dict[str, Any] = {"whole_library_itm": {f"R@{k}": float(np.mean(full_ranks <= k))
+                                                 for k in KS}}
+    for n in RERANK_NS:
+        ranks, overlap = [], []
+        for b, answer in enumerate(answers):
+            top = np.argsort(-ita[b], kind="stable")[:n]
+            reranked = top[np.argsort(-full_itm[b][top], kind="stable")]
+            hit = np.flatnonzero(reranked == answer)
+            ranks.append(hit[0] + 1 if len(hit) else max(n + 1, (ita[b] >= ita[b][answer]).sum()))
+            best = set(np.argsort(-full_itm[b], kind="stable")[:5].tolist())
+            overlap.append(len(best & set(reranked[:5].tolist())) / 5)
+        ranks_array = np.asarray(ranks)
+        out[f"rerank@{n}"] = {
+            **{f"R@{k}": float(np.mean(ranks_array <= k)) for k in KS},
+            "top5_overlap_with_whole_library": round(float(np.mean(overlap)), 3),
+        }
+    return out
+
+
+def ann_quality(suggester: Suggester, contexts: list[tuple[str, ...]]) -> dict[str, Any]:
+    """Recall@10 of the approximate searches against exact inner product, on dialog queries."""
+    _, _, queries = suggester.encode(contexts)
+    exact = Searcher(suggester.index.embeddings, "flat")
+    out = {}
+    for kind in ("hnsw", "ivf"):
+        started = time.perf_counter()
+        approximate = Searcher(suggester.index.embeddings, kind)
+        build = time.perf_counter() - started
+        out[kind] = {"recall@10": round(ann_recall(exact, approximate, queries, 10), 4),
+                     "build_s": round(build, 4)}
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: bytes) -> float:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+    return time.perf_counter() - started
+
+
+def serving(checkpoint: str, index: str, contexts: list[tuple[str, ...]], requests: int,
+            log_path: Path) -> dict[str, Any]:
+    """A real `srs serve` on loopback; each client sends one-dialog requests back to back."""
+    port = _free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "srs_core.cli", "serve", "--checkpoint", checkpoint,
+             "--index", index, "--port", str(port), "--host", "127.0.0.1"],
+            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1/models/srs"
+    try:
+        deadline = time.time() + 120
+        while True:  # it listens only once loaded, so the first 200 means ready
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"srs serve never became ready; see {log_path}")
+            try:
+                with urllib.request.urlopen(base, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.3)
+        bodies = [json.dumps({"instances": [{"utterances": list(c), "k": 5, "n": 50}]}).encode()
+                  for c in contexts]
+        for body in bodies[:4]:  # warm-up, not counted
+            _post(f"{base}:predict", body)
+        out = {}
+        for clients in (1, 4, 16):
+            total = max(requests, clients * 4)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=clients) as pool:
+                latencies = list(pool.map(lambda i: _post(f"{base}:predict",
+                                                          bodies[i % len(bodies)]),
+                                          range(total)))
+            wall = time.perf_counter() - started
+            out[f"clients={clients}"] = {"requests": total,
+                                         "requests_per_s": round(total / wall, 2),
+                                         **_percentiles(latencies)}
+        return out
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", type=int, default=40, help="sticker sets of the library")
+    parser.add_argument("--dialogs", type=int, default=240, help="demo training dialogs")
+    parser.add_argument("--steps", type=int, default=60, help="tiny-preset training steps")
+    parser.add_argument("--latency-dialogs", type=int, default=40)
+    parser.add_argument("--sample", type=int, default=16,
+                        help="dialogs scored against the whole library with ITM")
+    parser.add_argument("--requests", type=int, default=48, help="requests per concurrency")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        synthesize(str(base), seed=7, dialogs=args.dialogs, sets=args.sets, images=70)
+        stickerchat = str(base / "stickerchat")
+        started = time.perf_counter()
+        checkpoint = train_tiny(base, args.steps)
+        train_seconds = time.perf_counter() - started
+        build = build_index(checkpoint, stickerchat, str(base / "index"), progress=False)
+        suggester = Suggester.open(checkpoint, str(base / "index"))
+        dialogs = [d for split in ("test", "val") for d in iter_dialogs(stickerchat, split)]
+        contexts = [clean_context(context_texts(d)) for d in dialogs]
+        answers = [suggester.index.position(d.sticker_set_id, d.sticker_id) for d in dialogs]
+        latency = suggest_latency(suggester, contexts[:args.latency_dialogs])
+        sample = [i for i, a in enumerate(answers) if a is not None][:args.sample]
+        full_itm, naive_times = whole_library_itm(suggester, [contexts[i] for i in sample])
+        naive = _percentiles(naive_times)
+        recall = recall_vs_whole_library(suggester, [contexts[i] for i in sample],
+                                         [answers[i] for i in sample], full_itm)
+        ann = ann_quality(suggester, contexts)
+        served = serving(checkpoint, str(base / "index"), contexts, args.requests,
+                         base / "serve.log")
+    result = {
+        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(),
+        "data": {"preset": "tiny", "train_steps": args.steps,
+                 "train_seconds": round(train_seconds, 1), "stickers": build["stickers"],
+                 "sets": build["sets"], "latency_dialogs": min(args.latency_dialogs,
+                                                                 len(contexts)),
+                 "whole_library_sample": len(sample)},
+        "index_build": {"stickers_per_s": build["stickers_per_s"],
+                        "encode_seconds": build["encode_seconds"],
+                        "seconds": build["seconds"]},
+        "suggest_latency": latency,
+        "whole_library_itm_latency": naive,
+        "latency_ratio_whole_library_over_rerank": {
+            key: round(naive["p50_ms"] / value["p50_ms"], 1) for key, value in latency.items()},
+        "recall_vs_whole_library_itm": recall,
+        "ann_vs_exact": ann,
+        "serving": {"k": 5, "n": 50, "instances_per_request": 1, **served},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Library-wide suggestion: index build -> suggest -> library metrics on tiny demo data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from library_setup import tiny_library
+
+from srs_core.config import EMOTIONS
+from srs_core.data.stickerchat import iter_dialogs, read_sticker_set
+from srs_core.library import (
+    Searcher,
+    StickerIndex,
+    Suggester,
+    ann_recall,
+    library_metrics,
+    library_sets,
+)
+from srs_core.train.data import context_texts
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory: pytest.TempPathFactory):
+    return tiny_library(tmp_path_factory.getbasetemp() / "tiny-library")
+
+
+@pytest.fixture(scope="module")
+def suggester(lib) -> Suggester:
+    return Suggester.open(lib.checkpoint, lib.index)
+
+
+def _dialogs(lib, split: str = "test") -> list:
+    return [(context_texts(d), d.sticker_set_id, d.sticker_id)
+            for d in iter_dialogs(lib.stickerchat, split)]
+
+
+def test_index_holds_every_sticker_of_every_set(lib) -> None:
+    index = StickerIndex.load(lib.index)
+    expected = {(s, t) for s in library_sets(lib.stickerchat)
+                for t in read_sticker_set(lib.stickerchat, s)}
+    assert set(zip(index.set_ids.tolist(), index.sticker_ids.tolist(), strict=True)) == expected
+    assert len(index) == len(expected) == lib.build_summary["stickers"]
+    np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
+    assert index.emotions.shape == (len(index), len(EMOTIONS))
+    np.testing.assert_allclose(index.emotions.sum(1), 1.0, atol=1e-5)
+    assert index.meta["emotion_source"] == "student" and index.meta["checkpoint_sha256"]
+
+
+def test_suggest_top_k_with_explanations_restrictions_and_diversity(lib, suggester) -> None:
+    context = ["今天 真 开心", "哈哈 好 的"]
+    [plain] = suggester.suggest([context], k=5, n=20)
+    assert len(plain["suggestions"]) == 5
+    assert plain["polarity"]["label"] in ("positive", "negative", "neutral")
+    itm = [s["itm"] for s in plain["suggestions"]]
+    assert itm == sorted(itm, reverse=True)  # reranked by ITM
+    for s in plain["suggestions"]:
+        assert s["emotion"] in EMOTIONS and 0.0 < s["emotion_probability"] <= 1.0
+    [diverse] = suggester.suggest([context], k=5, n=60, per_set=1)
+    sets = [s["set_id"] for s in diverse["suggestions"]]
+    assert len(sets) == len(set(sets)) == 5
+    some = sorted({s["set_id"] for s in plain["suggestions"]})[:1]
+    [within] = suggester.suggest([context], k=3, n=20, sets=some)
+    assert {s["set_id"] for s in within["suggestions"]} == set(some)
+
+
+def test_library_metrics_match_a_brute_force_ranking(lib, suggester) -> None:
+    dialogs = _dialogs(lib)[:12]
+    metrics = library_metrics(suggester, dialogs, ns=(5, 20), ks=(1, 5, 10), progress=False)
+    index = suggester.index
+    _, _, features = suggester.encode([u for u, _, _ in dialogs])
+    scores = features @ index.embeddings.T
+    ranks = np.array([(scores[i] >= scores[i, index.position(s, t)]).sum()
+                      for i, (_, s, t) in enumerate(dialogs)])
+    assert metrics["ita"]["R@10"] == pytest.approx(np.mean(ranks <= 10))
+    assert metrics["ita"]["MRR"] == pytest.approx(np.mean(1 / ranks))
+    assert metrics["stickers"] == len(index) and metrics["dialogs"] == 12
+    assert metrics["chance"]["R@10"] == pytest.approx(10 / len(index))
+    # Reranking only reorders the top-N: an answer there stays there, one outside stays out.
+    assert metrics["rerank@5"]["R@5"] == pytest.approx(metrics["ita"]["R@5"])
+
+
+def test_ann_search_recall_against_exact(suggester) -> None:
+    exact = suggester.searcher
+    queries = suggester.index.embeddings[:20]
+    assert ann_recall(exact, exact, queries, 10) == 1.0
+    hnsw = Searcher(suggester.index.embeddings, "hnsw")
+    assert ann_recall(exact, hnsw, queries, 10) > 0.9
+
+
+def test_evaluate_with_library_keeps_the_protocol_keys(lib, tmp_path: Path) -> None:
+    from srs_core.config import load_config
+    from srs_core.evaluate import evaluate
+
+    cfg = load_config(preset="tiny", overrides=[f"data.stickerchat={lib.stickerchat}",
+                                                "eval.batch_size=16"])
+    plain = evaluate(cfg, lib.checkpoint, "test", str(tmp_path / "plain"))
+    with_library = evaluate(cfg, lib.checkpoint, "test", str(tmp_path / "lib"),
+                            library=lib.index)
+    for key, value in plain.items():
+        if key not in ("seconds", "dialogs_per_s"):
+            assert with_library[key] == pytest.approx(value)
+    saved = json.loads((tmp_path / "lib" / "metrics.json").read_text())
+    assert set(saved["library"]) >= {"ita", "rerank@20", "rerank@50", "rerank@100", "chance"}
+    assert with_library["library_ita_R@10"] == saved["library"]["ita"]["R@10"]
+    assert "library" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    from srs_core.report import evaluation_report
+
+    page = evaluation_report(str(tmp_path / "lib"), lib.stickerchat, examples=0)
+    assert "Library metrics" in page and "ITA top-50 reranked by ITM" in page
