@@ -184,6 +184,19 @@ def test_tiny_preset_learns_well_above_chance(tmp_path) -> None:
     # chance: R10@1 0.1, MAP 0.293
     assert metrics["R10@1"] > 0.25 and metrics["MAP"] > 0.45, metrics
 
+    # Beyond the 10 candidates: the answer among every sticker of the library, by ITA.
+    from srs_core.library import build_index
+
+    index = str(tmp_path / "index")
+    build_index(str(tmp_path / "run" / "best.pt"), str(data / "stickerchat"), index,
+                progress=False)
+    library = evaluate(cfg, str(tmp_path / "run" / "best.pt"), "test",
+                       str(tmp_path / "eval-library"), library=index)
+    chance = 10 / library["library_stickers"]
+    print(f"library: {library['library_stickers']:.0f} stickers, ITA R@10 "
+          f"{library['library_ita_R@10']:.3f}, chance {chance:.3f}")
+    assert library["library_ita_R@10"] > 3 * chance, library
+
 
 def test_the_cluster_path_reads_and_writes_only_s3(demo, s3_server, tmp_path) -> None:
     """Teacher -> anchors -> training -> evaluation with every URI on the loopback S3 server,
