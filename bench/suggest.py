@@ -39,7 +39,6 @@ from srs_core.library import (
     Suggester,
     ann_recall,
     build_index,
-    clean_context,
     itm_scores,
 )
 from srs_core.train.data import context_texts
@@ -223,7 +222,7 @@ def main() -> None:
         build = build_index(checkpoint, stickerchat, str(base / "index"), progress=False)
         suggester = Suggester.open(checkpoint, str(base / "index"))
         dialogs = [d for split in ("test", "val") for d in iter_dialogs(stickerchat, split)]
-        contexts = [clean_context(context_texts(d)) for d in dialogs]
+        contexts = [context_texts(d) for d in dialogs]
         answers = [suggester.index.position(d.sticker_set_id, d.sticker_id) for d in dialogs]
         latency = suggest_latency(suggester, contexts[:args.latency_dialogs])
         sample = [i for i, a in enumerate(answers) if a is not None][:args.sample]

@@ -41,9 +41,8 @@ from srs_core import store
 from srs_core.config import EMOTIONS, DataConfig, ModelConfig
 from srs_core.data.report import Report
 from srs_core.data.sticker_cache import StickerCache, build_sticker_cache, gather
-from srs_core.data.stickerchat import utterance_text
 from srs_core.errors import ConfigError, DataError
-from srs_core.train.data import eval_transform
+from srs_core.train.data import clean_texts, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -406,9 +405,6 @@ def polarity(utterances: Iterable[str]) -> dict[str, Any]:
     return {"pos": pos, "neg": neg, "label": label}
 
 
-def clean_context(utterances: Iterable[str]) -> tuple[str, ...]:
-    """The model's text of a context: the training whitespace rule, empty ones left out."""
-    return tuple(t for t in map(utterance_text, utterances) if t)
 
 
 @dataclass(frozen=True)
@@ -487,7 +483,7 @@ class Suggester:
                      ) -> list[dict[str, Any]]:
         """:meth:`suggest` for queries with their own options, scored as one batch (the
         server batches concurrent requests through this)."""
-        contexts = [clean_context(q.utterances) for q in queries]
+        contexts = [clean_texts(q.utterances) for q in queries]
         tokens, mask, features = self.encode(contexts)
         found: list[list[int]] = [[] for _ in queries]
         ita: list[list[float]] = [[] for _ in queries]
@@ -571,7 +567,7 @@ def library_metrics(
     from tqdm import tqdm
 
     index = suggester.index
-    usable = [(clean_context(u), index.position(s, t)) for u, s, t in dialogs]
+    usable = [(clean_texts(u), index.position(s, t)) for u, s, t in dialogs]
     missing = sum(1 for _, p in usable if p is None)
     usable = [(u, p) for u, p in usable if p is not None]
     if not usable:

@@ -64,6 +64,18 @@ def trainjob_status(state: str, reason: str = "", message: str = "") -> dict[str
                             "failed": int(state == "Failed"), "suspended": 0}]}
 
 
+def _pod_status(container: str, phase: str, restarts: int, state: dict[str, Any],
+                unschedulable: str) -> dict[str, Any]:
+    """A pod's status: one container in ``state``, or Pending and unschedulable."""
+    if unschedulable:
+        return {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": unschedulable}]}
+    return {"phase": phase, "containerStatuses": [
+        {"name": container, "image": "srs:test", "imageID": "", "ready": phase == "Running",
+         "restartCount": restarts, "state": state}]}
+
+
 def _container_state(exit_code: int | None, reason: str, waiting: str) -> dict[str, Any]:
     if waiting:
         return {"waiting": {"reason": waiting, "message": f"stub: {waiting}"}}
@@ -78,13 +90,8 @@ def trainjob_pod(job: str, index: int = 0, phase: str = "Running", restarts: int
                  waiting: str = "", unschedulable: str = "",
                  created: str = NOW) -> dict[str, Any]:
     """A pod of TrainJob ``job`` as JobSet makes it (node rank = the completion index)."""
-    status: dict[str, Any] = {"phase": phase, "containerStatuses": [
-        {"name": "node", "image": "srs:test", "imageID": "", "ready": phase == "Running",
-         "restartCount": restarts, "state": _container_state(exit_code, reason, waiting)}]}
-    if unschedulable:
-        status = {"phase": "Pending", "conditions": [
-            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-             "message": unschedulable}]}
+    status = _pod_status("node", phase, restarts, _container_state(exit_code, reason, waiting),
+                         unschedulable)
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": f"{job}-node-0-{index}-{uuid.uuid4().hex[:5]}",
@@ -113,14 +120,8 @@ def pod(job: str, role: str = "master", index: int = 0, phase: str = "Running",
         restarts: int = 0, exit_code: int | None = None, reason: str = "",
         waiting: str = "", unschedulable: str = "") -> dict[str, Any]:
     """A pod of ``job`` with the operator's labels; ``exit_code`` makes it terminated."""
-    state = _container_state(exit_code, reason, waiting)
-    status: dict[str, Any] = {"phase": phase, "containerStatuses": [
-        {"name": "pytorch", "image": "srs:test", "imageID": "", "ready": phase == "Running",
-         "restartCount": restarts, "state": state}]}
-    if unschedulable:
-        status = {"phase": "Pending", "conditions": [
-            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-             "message": unschedulable}]}
+    status = _pod_status("pytorch", phase, restarts,
+                         _container_state(exit_code, reason, waiting), unschedulable)
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": f"{job}-{role}-{index}", "uid": str(uuid.uuid4()),

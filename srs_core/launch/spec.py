@@ -297,18 +297,23 @@ def object_metadata(spec: JobSpec) -> dict[str, Any]:
     return meta
 
 
-def pod_template(spec: JobSpec, labels: dict[str, str], container_name: str,
-                 port_name: str | None = None) -> Any:
-    """The ``V1PodTemplateSpec`` every job kind runs (``container_name``: the name into which
-    the operator injects its torchrun env; ``port_name``: the rendezvous port, if it has one)."""
-    from kubernetes import client as k8s
-
+def container_resources(spec: JobSpec) -> dict[str, dict[str, str]]:
+    """``requests`` and ``limits`` of one training container (GPUs in both)."""
     requests = {"cpu": spec.cpu, "memory": spec.memory}
     limits = {"memory": spec.memory_limit or spec.memory}
     if spec.cpu_limit:
         limits["cpu"] = spec.cpu_limit
     if spec.gpus_per_worker:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
+    return {"requests": requests, "limits": limits}
+
+
+def pod_template(spec: JobSpec, labels: dict[str, str], container_name: str,
+                 port_name: str | None = None) -> Any:
+    """The ``V1PodTemplateSpec`` every job kind runs (``container_name``: the name into which
+    the operator injects its torchrun env; ``port_name``: the rendezvous port, if it has one)."""
+    from kubernetes import client as k8s
+
     container = k8s.V1Container(
         name=container_name,
         image=spec.image,
@@ -318,7 +323,7 @@ def pod_template(spec: JobSpec, labels: dict[str, str], container_name: str,
         env=environment(spec),
         ports=[k8s.V1ContainerPort(name=port_name, container_port=23456, protocol="TCP")]
         if port_name else None,
-        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
+        resources=k8s.V1ResourceRequirements(**container_resources(spec)),
         working_dir=HOME_DIR,  # a relative train.output lands on a writable volume
         volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")] + [
             k8s.V1VolumeMount(name=name, mount_path=path)

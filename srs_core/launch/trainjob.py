@@ -25,6 +25,7 @@ from srs_core.launch.schema import SCHEMAS, dump_yaml, to_dict, validate_object
 from srs_core.launch.spec import (
     POD_LABELS,
     JobSpec,
+    container_resources,
     environment,
     job_labels,
     object_metadata,
@@ -46,16 +47,6 @@ PATCH_MANAGER = "srs-kubeflow.io/launcher"
 TRAINJOB_CRD = SCHEMAS / "trainer.kubeflow.org_trainjobs.yaml"
 RUNTIME_CRD = SCHEMAS / "trainer.kubeflow.org_clustertrainingruntimes.yaml"
 RUNTIME_NAME = "srs-torch"
-
-
-def _resources(spec: JobSpec) -> dict[str, Any]:
-    requests = {"cpu": spec.cpu, "memory": spec.memory}
-    limits = {"memory": spec.memory_limit or spec.memory}
-    if spec.cpu_limit:
-        limits["cpu"] = spec.cpu_limit
-    if spec.gpus_per_worker:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
-    return {"requests": requests, "limits": limits}
 
 
 def _pod_patch(spec: JobSpec) -> dict[str, Any]:
@@ -86,7 +77,7 @@ def trainjob_dict(spec: JobSpec) -> dict[str, Any]:
         "env": ApiClient().sanitize_for_serialization(environment(spec)),
         "numNodes": spec.workers,
         "numProcPerNode": spec.processes_per_worker,
-        "resourcesPerNode": _resources(spec),
+        "resourcesPerNode": container_resources(spec),
     }
     job_spec: dict[str, Any] = {
         "runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": RUNTIME_KIND,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from srs_core.config import NUM_CANDIDATES
 from srs_core.data.report import Report
 from srs_core.data.sticker_cache import StickerCache, gather
-from srs_core.data.stickerchat import Dialog, iter_dialogs, utterance_text
+from srs_core.data.stickerchat import Dialog, Utterance, iter_dialogs, utterance_text
 from srs_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,13 @@ class Example:
     polarity: tuple[float, float]
 
 
-def context_texts(dialog: Dialog) -> tuple[str, ...]:
+def clean_texts(utterances: Iterable[str | Utterance]) -> tuple[str, ...]:
     """The model's text of a context: :func:`utterance_text` of each, empty ones left out."""
-    return tuple(text for text in map(utterance_text, dialog.context) if text)
+    return tuple(text for text in map(utterance_text, utterances) if text)
+
+
+def context_texts(dialog: Dialog) -> tuple[str, ...]:
+    return clean_texts(dialog.context)
 
 
 def load_examples(
