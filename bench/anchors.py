@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from srs_core.config import EMOTIONS
+from srs_core.data.ser30k import EMOTIONS
 from srs_core.emotion.anchors import (
     FaissKMeans,
     KmcudaKMeans,

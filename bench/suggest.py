@@ -1,13 +1,21 @@
-"""Whole-library sticker suggestion on tiny demo data; prints JSON.
+"""Whole-library sticker suggestion on demo data; prints JSON.
 
-Trains the tiny preset briefly on synthetic StickerChat data, builds the library index, then
-measures in one run: (a) index build stickers/s; (b) suggest latency per dialog (p50/p95) for
-N = 20/50/100 against the naive alternative, ITM over every library sticker, with the ratio;
-(c) the answer recall kept by reranking only the ITA top-N vs ITM over the whole library;
-(d) HNSW and IVF recall@10 against exact search; (e) requests/s and latency of a real
-``srs serve`` subprocess on 127.0.0.1 at 1, 4 and 16 concurrent clients.
+``--preset tiny`` (default) trains the tiny preset briefly on synthetic StickerChat data,
+builds the library index, then measures in one run: (a) index build stickers/s; (b) suggest
+latency per dialog (p50/p95) for N = 20/50/100 against the naive alternative, ITM over every
+library sticker, with the ratio; (c) the answer recall kept by reranking only the ITA top-N vs
+ITM over the whole library; (d) HNSW and IVF recall@10 against exact search; (e) requests/s and
+latency of a real ``srs serve`` subprocess on 127.0.0.1 at 1, 4 and 16 concurrent clients.
+
+``--preset paper`` measures the paper's sizes (ViT-B/16 + BERT-base at 128 px, a 21128-token
+vocabulary) with random weights, nothing trained: (a), (b) with the image-token cache cold
+and warm, the naive whole-library ITM estimated from ``--sample-stickers`` stickers, and (d).
+Recall (c) is left out: a random model's ranks are noise. Serving (e) is left out: at these
+sizes on a CPU one request takes seconds.
 
     python bench/suggest.py [--sets 120] [--sample 24] [--requests 48] > bench/results/suggest.json
+    python bench/suggest.py --preset paper --sets 25 --latency-dialogs 4 \
+        > bench/results/suggest_paper.json
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from srs_core.config import load_config
+from srs_core.config import ModelConfig, load_config
+from srs_core.data.examples import context_texts
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
 from srs_core.library import (
@@ -41,7 +50,9 @@ from srs_core.library import (
     build_index,
     itm_scores,
 )
-from srs_core.train.data import context_texts
+from srs_core.model.checkpoint import BestCheckpoint
+from srs_core.model.factory import build_model
+from srs_core.model.tokenizer import build_vocab
 from srs_core.train.loop import train
 
 KS = (1, 5, 10)
@@ -64,6 +75,54 @@ def train_tiny(base: Path, steps: int) -> str:
     ])
     train(cfg)
     return str(base / "run" / "best.pt")
+
+
+def random_paper_checkpoint(base: Path, contexts: list[tuple[str, ...]]) -> str:
+    """A ``best.pt`` of the paper's sizes with random weights (no ALBEF or BERT download):
+    the vocabulary is the data's characters, padded to bert-base-chinese's 21128 tokens."""
+    model_cfg = ModelConfig()
+    path = base / "vocab.txt"
+    size = build_vocab((text for context in contexts for text in context), path)
+    fillers = [f"[unused{i}]" for i in range(model_cfg.vocab_size - size)]
+    vocab = path.read_text(encoding="utf-8") + "".join(f"{t}\n" for t in fillers)
+    anchors = 7 * 60  # the paper's K = 60 anchors per emotion
+    model = build_model(model_cfg, anchors, model_cfg.vocab_size)
+    checkpoint = str(base / "paper" / "best.pt")
+    Path(checkpoint).parent.mkdir(parents=True)
+    BestCheckpoint(model.state_dict(), model_cfg, vocab, anchors, lowercase=False,
+                   selected_on="random init (bench)").save(checkpoint)
+    return checkpoint
+
+
+def warm_token_cache(suggester: Suggester) -> None:
+    """Every library sticker's ViT tokens in the LRU: a long-running server's steady state
+    when the library fits its ``token_cache``."""
+    rows = suggester.index.rows.tolist()
+    suggester.images.capacity = max(suggester.images.capacity, len(rows))
+    for start in range(0, len(rows), 64):
+        suggester.images.get(rows[start:start + 64])
+
+
+def whole_library_itm_estimate(suggester: Suggester, contexts: list[tuple[str, ...]],
+                               sample: int) -> dict[str, Any]:
+    """The naive alternative at sizes where it takes minutes: ITM of each dialog with
+    ``sample`` stickers (no cache), scaled to the library linearly (text encoded once)."""
+    rows = suggester.index.rows.tolist()
+    picked = np.random.default_rng(0).choice(len(rows), min(sample, len(rows)), replace=False)
+    chosen = [rows[i] for i in sorted(picked.tolist())]
+    text_s, per_sticker_s = [], []
+    for context in contexts:
+        images = ImageTokens(suggester.loaded.model, suggester.cache, suggester.loaded.device)
+        started = time.perf_counter()
+        tokens, mask, _ = suggester.encode([context])
+        encoded = time.perf_counter()
+        itm_scores(suggester.loaded.model, tokens, mask, [chosen], images)
+        text_s.append(encoded - started)
+        per_sticker_s.append((time.perf_counter() - encoded) / len(chosen))
+    estimate = [t + p * len(rows) for t, p in zip(text_s, per_sticker_s, strict=True)]
+    return {"measured_on_stickers": len(chosen), "dialogs": len(contexts),
+            "per_sticker_ms": round(float(np.median(per_sticker_s)) * 1000, 2),
+            "estimated_for_library": _percentiles(estimate)}
 
 
 def suggest_latency(suggester: Suggester, contexts: list[tuple[str, ...]]) -> dict[str, Any]:
@@ -197,8 +256,46 @@ def serving(checkpoint: str, index: str, contexts: list[tuple[str, ...]], reques
             process.kill()
 
 
+def paper(args: argparse.Namespace) -> dict[str, Any]:
+    """The paper-size measurements (random weights); see the module docstring."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        synthesize(str(base), seed=7, dialogs=args.dialogs, sets=args.sets, images=70)
+        stickerchat = str(base / "stickerchat")
+        dialogs = [d for split in ("test", "val") for d in iter_dialogs(stickerchat, split)]
+        contexts = [context_texts(d) for d in dialogs]
+        checkpoint = random_paper_checkpoint(base, contexts)
+        build = build_index(checkpoint, stickerchat, str(base / "index"), progress=False)
+        suggester = Suggester.open(checkpoint, str(base / "index"))
+        measured = contexts[:args.latency_dialogs]
+        cold = suggest_latency(suggester, measured)
+        warm_token_cache(suggester)
+        warm = suggest_latency(suggester, measured)
+        naive = whole_library_itm_estimate(suggester, contexts[:args.sample],
+                                           args.sample_stickers)
+        ann = ann_quality(suggester, contexts)
+    estimated = naive["estimated_for_library"]
+    return {
+        "data": {"preset": "paper", "weights": "random init (nothing trained)",
+                 "stickers": build["stickers"], "sets": build["sets"],
+                 "latency_dialogs": len(measured),
+                 "note": "a small library: encoding StickerChat's whole library at the paper's "
+                         "size on 2 CPU cores would take hours"},
+        "index_build": {"stickers_per_s": build["stickers_per_s"],
+                        "encode_seconds": build["encode_seconds"], "seconds": build["seconds"]},
+        "suggest_latency_cold": cold,
+        "suggest_latency_warm": warm,
+        "whole_library_itm": naive,
+        "latency_ratio_whole_library_over_rerank": {
+            key: round(estimated["p50_ms"] / value["p50_ms"], 1) for key, value in cold.items()},
+        "recall_vs_whole_library_itm": None,
+        "ann_vs_exact": ann,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
     parser.add_argument("--sets", type=int, default=120, help="sticker sets of the library")
     parser.add_argument("--dialogs", type=int, default=240, help="demo training dialogs")
     parser.add_argument("--steps", type=int, default=90,
@@ -206,12 +303,25 @@ def main() -> None:
     parser.add_argument("--latency-dialogs", type=int, default=40)
     parser.add_argument("--sample", type=int, default=24,
                         help="dialogs scored against the whole library with ITM")
+    parser.add_argument("--sample-stickers", type=int, default=40,
+                        help="paper: stickers the whole-library ITM is timed on, then scaled")
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads here and in the server (1: steady on shared cores)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    if args.preset == "paper":
+        started, load = time.perf_counter(), os.getloadavg()[0]
+        result = {"device": "cpu" if not torch.cuda.is_available()
+                  else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),
+                  "cpu_cores": os.cpu_count(), **paper(args)}
+        # Shared machine: other processes' load slows every figure alike (N values alternate).
+        result["load_average_1m"] = {"start": round(load, 1),
+                                     "end": round(os.getloadavg()[0], 1)}
+        result["bench_seconds"] = round(time.perf_counter() - started, 1)
+        print(json.dumps(result, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         synthesize(str(base), seed=7, dialogs=args.dialogs, sets=args.sets, images=70)

@@ -6,12 +6,13 @@ its body imports what it needs because KFP ships only the function's source to t
 
 from components.anchors import cluster_anchors
 from components.evaluate import evaluate
+from components.library import build_index, deploy_model, no_index
 from components.sentiment import prepare_sentiment
 from components.teacher import train_emotion_teacher
 from components.train import train_srs
 from components.validate import validate
 
 __all__ = [
-    "cluster_anchors", "evaluate", "prepare_sentiment", "train_emotion_teacher", "train_srs",
-    "validate",
+    "build_index", "cluster_anchors", "deploy_model", "evaluate", "no_index",
+    "prepare_sentiment", "train_emotion_teacher", "train_srs", "validate",
 ]

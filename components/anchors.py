@@ -20,14 +20,14 @@ def cluster_anchors(
     """
     import shlex
 
-    from srs_core import store
+    from srs_core.artifacts import RunOutputs
     from srs_core.config import load_config
     from srs_core.emotion.anchors import build_anchors
 
     cfg = load_config([], shlex.split(overrides), preset=preset)
     e = cfg.emotion
     sidecar = build_anchors(
-        ser30k, teacher, k, store.join(output_root, "anchors", f"anchors-k{k}"),
+        ser30k, teacher, k, RunOutputs(output_root).anchors(k),
         backend=e.kmeans_backend, seed=e.seed, image_size=e.image_size,
         iterations=e.kmeans_iterations,
     )

@@ -31,7 +31,7 @@ def evaluate(
     import shlex
     from pathlib import Path
 
-    from srs_core import store
+    from srs_core.artifacts import RunOutputs
     from srs_core.config import load_config
     from srs_core.evaluate import evaluate as score_split
     from srs_core.metrics import METRIC_NAMES
@@ -40,7 +40,7 @@ def evaluate(
     # The model config comes from the checkpoint; the data, limits and batch size from here.
     cfg = load_config([], [*shlex.split(overrides), f"data.stickerchat={stickerchat}"],
                       preset=preset)
-    out = store.join(output_root, "evaluate", split)
+    out = RunOutputs(output_root).evaluation(split).root
     results = score_split(cfg, checkpoint, split, out, library=library)
     for name in METRIC_NAMES:
         metrics.log_metric(name, float(results[name]))

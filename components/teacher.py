@@ -24,15 +24,16 @@ def train_emotion_teacher(
     import shlex
     from collections import namedtuple
 
-    from srs_core import store
-    from srs_core.config import EMOTIONS, load_config
+    from srs_core.artifacts import RunOutputs
+    from srs_core.config import load_config
+    from srs_core.data.ser30k import EMOTIONS
     from srs_core.emotion.teacher import train_teacher
 
     cfg = load_config([], [*shlex.split(overrides), f"emotion.ser30k={ser30k}"], preset=preset)
-    out = store.join(output_root, "teacher")
-    results = train_teacher(cfg, out, init_uri=cfg.emotion.init)
+    outputs = RunOutputs(output_root).teacher
+    results = train_teacher(cfg, outputs.root, init_uri=cfg.emotion.init)
     confusion.log_confusion_matrix(list(EMOTIONS), results["test"]["confusion"])
     for split in ("val", "test"):
         scores.log_metric(f"{split}_accuracy", float(results[split]["accuracy"]))
         scores.log_metric(f"{split}_macro_f1", float(results[split]["macro_f1"]))
-    return namedtuple("Teacher", "teacher output")(store.join(out, "teacher.pth"), out)
+    return namedtuple("Teacher", "teacher output")(outputs.weights, outputs.root)

@@ -49,11 +49,13 @@ def train_srs(
     from collections import namedtuple
     from pathlib import Path
 
-    from srs_core import launch, store
+    from srs_core import launch
+    from srs_core.artifacts import RunOutputs
     from srs_core.launch import JobSpec, job_name, run_local, step_owner
     from srs_core.report import training_report
 
-    out = store.join(output_root, "srs")
+    outputs = RunOutputs(output_root).train
+    out = outputs.root
     settings = {
         "data.stickerchat": stickerchat, "data.sentiment": sentiment,
         "emotion.teacher": teacher, "emotion.anchors": anchors, "train.output": out,
@@ -79,4 +81,4 @@ def train_srs(
         else:
             launch.run_pytorchjob(spec, timeout=timeout, cleanup=job_cleanup, **extra)
     Path(report.path).write_text(training_report(out), encoding="utf-8")
-    return namedtuple("Trained", "output checkpoint")(out, store.join(out, "best.pt"))
+    return namedtuple("Trained", "output checkpoint")(out, outputs.best)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from srs_core.cli._common import print_json
+from srs_core.cli import print_json
 from srs_core.errors import ConfigError
 
 _PARAM_HELP = ("pipeline parameter, repeatable, e.g. --param epochs=2 --param "

@@ -2,8 +2,15 @@
 
 ```
 validate ──► prepare_sentiment ─────────────────────────────┐
-    └──────► train_emotion_teacher ──► cluster_anchors ──► train_srs ──► evaluate
+    └──────► train_emotion_teacher ──► cluster_anchors ──► train_srs ──► build_index ──►
+        evaluate ──► deploy_model (deploy=render|apply)
 ```
+
+``build_index`` (on by default: suggesting from the whole library is the product) embeds every
+sticker with the trained model; evaluation then also ranks each answer among the whole library
+(``library_ita_R@10``, ``library_rerank50_MRR`` ...). ``deploy`` renders this run's KServe
+InferenceService (``<output_root>/serving/inferenceservice.yaml`` and a KFP artifact) and, with
+``apply``, creates or updates it and waits until it is Ready.
 
 Steps pass store URIs (all outputs live under the ``output_root`` parameter) plus KFP
 artifacts for the UI. Cluster settings (Secret env, resources, GPU nodes) are applied here,
@@ -12,7 +19,8 @@ per task; they have no effect under ``kfp.local``, which runs the same DAG on on
 Caching: KFP keys a cached step on its inputs, which are URIs, so a step is cached only where
 the same URIs always mean the same content: the data roots (treated as immutable: new data, new
 URI) and what the deterministic steps derive from them. Training rewrites ``<root>/srs`` (it
-resumes from its own checkpoints), so training, and evaluation of its checkpoint, never cache.
+resumes from its own checkpoints), so training, and the steps that read its checkpoint (index,
+evaluation, deployment), never cache.
 
 Retries: every step is cheap to repeat or resumes where it stopped (sentiment chunks, teacher
 epochs, training checkpoints, an adopted PyTorchJob or TrainJob), so pod evictions and node
@@ -21,18 +29,21 @@ the failure.
 """
 
 # No `from __future__ import annotations`: KFP reads the parameter types at definition time.
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Metrics
 
+from components import build_index as index_stickers
 from components import (
     cluster_anchors,
+    deploy_model,
     evaluate,
+    no_index,
     prepare_sentiment,
     train_emotion_teacher,
     train_srs,
     validate,
 )
-from components._image import GPU_IMAGE
+from components._image import BASE_IMAGE, GPU_IMAGE
 from pipelines.platform import (
     STORE_SECRET,
     as_non_root,
@@ -41,11 +52,13 @@ from pipelines.platform import (
     with_resources,
     with_store_secret,
 )
+from srs_core.deploy.apply import NAMESPACE_ENV
 
 PIPELINE_NAME = "srs-perceive-before-respond"
 BACKENDS = ("pytorchjob", "trainjob", "local")
 JOB_OWNERS = ("none", "step")
 JOB_CLEANUP = ("on-success", "always", "never")
+DEPLOY_MODES = ("none", "render", "apply")  # = srs_core.deploy.DEPLOY_MODES (a test says so)
 # CPU request (the limit is twice that) and memory (request = limit) per step, sized for the
 # real data set; kfp.local ignores them.
 RESOURCES = {
@@ -55,7 +68,10 @@ RESOURCES = {
     "anchors": ("8", "32Gi"),
     "train_in_step": ("8", "64Gi"),
     "train_launcher": ("0.5", "1Gi"),  # only watches the PyTorchJob / TrainJob
+    "index": ("8", "32Gi"),  # decodes every sticker of the library into its cache
+    "no_index": ("0.1", "128Mi"),
     "evaluate": ("8", "32Gi"),
+    "deploy": ("0.5", "1Gi"),  # renders, then talks to the API server
 }
 
 
@@ -92,6 +108,12 @@ def srs_pipeline(
     sentiment_workers: int = 4,
     strict_validation: bool = False,
     eval_split: str = "test",
+    build_index: bool = True,
+    deploy: str = "none",
+    serving_name: str = "srs-suggest",
+    serving_namespace: str = "",
+    serving_image: str = BASE_IMAGE,
+    serving_wait_minutes: float = 15.0,
 ) -> Metrics:
     """The whole workflow; returns the evaluation metrics.
 
@@ -107,6 +129,12 @@ def srs_pipeline(
     of the components (KFP fixes them at compile time); ``job_image`` is the job's image, the
     one image a run may choose. ``job_cleanup``: when to delete the job (``on-success`` keeps
     failed ones for inspection, ``always``, ``never``).
+
+    ``build_index``: index the whole sticker library with the trained model and add the
+    library metrics to the evaluation. ``deploy``: ``none``, ``render`` (write this run's KServe
+    InferenceService, ``serving_name`` in ``serving_namespace`` ("" = the run's own), running
+    ``serving_image``) or ``apply`` (also create or update it, and fail unless it is Ready
+    within ``serving_wait_minutes``); it needs the index.
     """
     config = {"output_root": output_root, "preset": preset, "overrides": overrides}
 
@@ -160,11 +188,40 @@ def srs_pipeline(
     train_output = dsl.OneOf(*(task.outputs["output"] for task in trained))
     checkpoint = dsl.OneOf(*(task.outputs["checkpoint"] for task in trained))
 
+    # A condition rather than an `enabled` input of the step: the step holds a GPU node, which
+    # a flag could only release after scheduling it. KFP feeds a conditional output to a later
+    # step only through dsl.OneOf over both branches, so the off branch is a no-op step that
+    # returns "" (a few CPU seconds). Not cached: `submit --no-cache` (kfp.Client) turns
+    # caching off in the top-level DAG only, so a nested task must not rely on it.
+    with dsl.If(build_index == True, name="with-index"):  # noqa: E712 (a KFP condition)
+        indexed = index_stickers(checkpoint=checkpoint, stickerchat=stickerchat,
+                                 output_root=output_root)
+        on_gpu(with_resources(_retry(indexed), *RESOURCES["index"]))
+        indexed.set_caching_options(enable_caching=False)
+    with dsl.Else(name="without-index"):
+        unindexed = with_resources(no_index(), *RESOURCES["no_index"]).set_caching_options(
+            enable_caching=False)
+    index = dsl.OneOf(indexed.outputs["Output"], unindexed.output)
+
     scores = evaluate(stickerchat=stickerchat, checkpoint=checkpoint, train_output=train_output,
-                      split=eval_split, **config)
+                      split=eval_split, library=index, **config)
     on_gpu(with_resources(_retry(scores), *RESOURCES["evaluate"]))
     scores.set_caching_options(enable_caching=False)
 
-    for task in (data, sentiment, teacher, anchors, *trained, scores):
+    # After evaluation: only a model that evaluated is deployed.
+    with dsl.If(deploy != "none", name="deploy"):
+        served = deploy_model(
+            mode=deploy, checkpoint=checkpoint, index=index, output_root=output_root,
+            name=serving_name, namespace=serving_namespace, image=serving_image,
+            wait_minutes=serving_wait_minutes, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        ).after(scores)
+        # Create-or-update is idempotent, so a retry is safe; one only: a service that did not
+        # become Ready in serving_wait_minutes rarely does on a second wait.
+        with_resources(_retry(served, 1), *RESOURCES["deploy"]).set_caching_options(
+            enable_caching=False)
+        kubernetes.use_field_path_as_env(served, NAMESPACE_ENV, "metadata.namespace")
+
+    for task in (data, sentiment, teacher, anchors, *trained, indexed, unindexed, scores,
+                 served):
         as_non_root(with_store_secret(task))
     return scores.outputs["metrics"]

@@ -10,14 +10,15 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from srs_core.launch.pytorchjob import ENV_VARIABLES as JOB_ENV_VARIABLES
+from srs_core.launch.spec import ENV_VARIABLES as JOB_ENV_VARIABLES
+from srs_core.store.s3_config import ENV_KEYS, OPTIONAL_ENV_KEYS
+from srs_core.store.s3_config import SECRET_NAME as STORE_SECRET
 
 # The MinIO Secret in the run's namespace. Its keys are the env var names `srs_core.store`
 # reads (the PyTorchJob's pods map the same keys). Credentials never appear as pipeline
 # parameters or literals: the compiled YAML holds only the Secret's name and key names.
-STORE_SECRET = "srs-minio"
-STORE_SECRET_KEYS = ("SRS_S3_ENDPOINT", "SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY")
-STORE_SECRET_OPTIONAL_KEYS = ("SRS_S3_SECURE",)  # absent: TLS unless the endpoint says http://
+STORE_SECRET_KEYS = tuple(key for key in ENV_KEYS if key not in OPTIONAL_ENV_KEYS)
+STORE_SECRET_OPTIONAL_KEYS = OPTIONAL_ENV_KEYS  # absent: TLS unless the endpoint says http://
 
 # Cluster defaults of the PyTorchJob (`JobSpec.from_env`) from the namespace's ConfigMap
 # (manifests/), optional, so a namespace without it gets the launcher's built-in defaults.

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from srs_core.artifacts import DataRoots
 from srs_core.errors import ConfigError, JobError
 from srs_core.metrics import METRIC_NAMES
 
@@ -58,10 +59,10 @@ def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
                 params[name] = kind(text)
         except ValueError:
             raise ConfigError(f"--param {pair!r}: {name} expects {kind.__name__}") from None
-    from pipelines.pipeline import BACKENDS, JOB_CLEANUP, JOB_OWNERS
+    from pipelines.pipeline import BACKENDS, DEPLOY_MODES, JOB_CLEANUP, JOB_OWNERS
 
     for name, choices in (("training_backend", BACKENDS), ("job_cleanup", JOB_CLEANUP),
-                          ("job_owner", JOB_OWNERS)):
+                          ("job_owner", JOB_OWNERS), ("deploy", DEPLOY_MODES)):
         if name in params and params[name] not in choices:
             raise ConfigError(f"--param {name} must be one of {', '.join(choices)}")
     return params
@@ -74,6 +75,9 @@ def check_parameters(params: Mapping[str, Any]) -> None:
 
     values = {name: default for name, (_, default) in pipeline_parameters().items()}
     values.update(params)
+    if values["deploy"] != "none" and not values["build_index"]:
+        raise ConfigError(f"--param deploy={values['deploy']} serves the sticker index: it "
+                          "needs build_index=true")
     check_run_parameters(**{name: values[name] for name in RUN_PARAMETERS})
 
 
@@ -149,12 +153,13 @@ def run_locally(
     from pipelines.pipeline import srs_pipeline
 
     data, out = Path(data_dir).resolve(), Path(out_dir).resolve()
-    for part in ("stickerchat", "ser30k"):
-        if not (data / part).is_dir():
-            raise ConfigError(f"{data / part} does not exist: --data must hold stickerchat/ and "
+    roots = DataRoots(str(data))
+    for part in (roots.stickerchat, roots.ser30k):
+        if not Path(part).is_dir():
+            raise ConfigError(f"{part} does not exist: --data must hold stickerchat/ and "
                               f"ser30k/ (make demo data with `srs data synth --out {data}`)")
-    arguments = {**LOCAL_DEFAULTS, "stickerchat_uri": str(data / "stickerchat"),
-                 "ser30k_uri": str(data / "ser30k"), "output_root": str(out), **(params or {})}
+    arguments = {**LOCAL_DEFAULTS, "stickerchat_uri": roots.stickerchat,
+                 "ser30k_uri": roots.ser30k, "output_root": str(out), **(params or {})}
     if arguments["training_backend"] != "local":
         raise ConfigError("a local run trains with training_backend=local (no cluster here)")
     check_parameters(arguments)

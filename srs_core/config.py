@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,12 +18,8 @@ from typing import Any
 
 import yaml
 
+from srs_core.config_checks import CHOICES, coerce, safe_load_unique, validate
 from srs_core.errors import ConfigError
-
-EMOTIONS = ("Surprise", "Happiness", "Disgust", "Fear", "Sadness", "Anger", "Neutral")
-POSITIVE_EMOTIONS = (0, 1)
-NEGATIVE_EMOTIONS = (2, 3, 4, 5)
-NUM_CANDIDATES = 10
 
 
 @dataclass
@@ -86,6 +81,15 @@ class LossConfig:
     simclr_temperature: float = 0.1
     simclr_weight: float = 0.5
     emotion_weight: float = 0.5
+
+    # The switches that each turn one term of the loss on (a term's switch is its name).
+    TERMS: typing.ClassVar[tuple[str, ...]] = (
+        "ita", "itm", "simclr_intra", "simclr_inter", "emotion")
+
+    @property
+    def active_terms(self) -> tuple[str, ...]:
+        """The loss terms switched on, in :attr:`TERMS` order."""
+        return tuple(term for term in self.TERMS if getattr(self, term))
 
 
 @dataclass
@@ -215,42 +219,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-_VALID_CHOICES = {
-    ("train", "precision"): ("auto", "fp32", "bf16"),
-    ("emotion", "precision"): ("auto", "fp32", "bf16"),
-    ("emotion", "kmeans_backend"): ("auto", "kmcuda", "cpu"),
-    ("loss", "hard_negative_scale"): ("paper", "temperature"),
-    ("train", "weight_decay_rule"): ("paper", "exempt_embeddings"),
-    ("train", "lr_schedule"): ("paper", "cosine_per_step"),
-    ("train", "lr_scaling"): ("none", "linear", "sqrt"),
-    ("eval", "protocol"): ("strict", "paper"),
-}
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a field annotation; ints are accepted for floats."""
-    hint = annotation
-    if isinstance(hint, str):
-        hint = {"str": str, "int": int, "float": float, "bool": bool}.get(hint, hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads "2e-4" (no dot) as a string; accept any Python float literal.
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected float, got {value!r}") from None
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if hint in (str, int, float, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
 
 def _apply(cfg: Config, updates: Mapping[str, Any], source: str) -> None:
     if not isinstance(updates, Mapping):
@@ -270,8 +238,8 @@ def _apply(cfg: Config, updates: Mapping[str, Any], source: str) -> None:
                 known = ", ".join(hints)
                 raise ConfigError(f"{source}: unknown key {section}.{key} (known: {known})")
             where = f"{source}: {section}.{key}"
-            value = _coerce(value, hints[key], where)
-            choices = _VALID_CHOICES.get((section, key))
+            value = coerce(value, hints[key], where)
+            choices = CHOICES.get((section, key))
             if choices and value not in choices:
                 raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
             setattr(target, key, value)
@@ -292,76 +260,6 @@ def parse_override(text: str) -> dict[str, dict[str, Any]]:
     if value is None:
         value = ""
     return {parts[0]: {parts[1]: value}}
-
-
-# Range rules, checked for every configuration whatever its source. Every float must also be
-# finite. Numbers not listed may be any value of their type.
-_POSITIVE = {
-    "data": ("max_text_tokens",),
-    "model": ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads",
-              "text_width", "text_heads", "text_intermediate", "vocab_size", "max_position",
-              "embed_dim", "temperature", "simclr_hidden", "simclr_dim"),
-    "loss": ("simclr_temperature",),
-    "train": ("epochs", "batch_size", "lr", "checkpoint_every", "log_every",
-              "warmup_step_iterations"),
-    "emotion": ("image_size", "epochs", "batch_size", "lr", "k", "kmeans_iterations"),
-    "eval": ("batch_size", "paper_evals_per_epoch"),
-}
-_NON_NEGATIVE = {
-    "data": ("max_dialogs",),
-    "model": ("text_layers", "fusion_layers"),
-    "loss": ("simclr_weight", "emotion_weight"),
-    "train": ("warmup_epochs", "global_batch_size", "min_lr", "warmup_lr", "weight_decay",
-              "grad_clip", "num_workers", "seed", "max_steps"),
-    "emotion": ("weight_decay", "num_workers", "seed"),
-}
-_NON_EMPTY = {"data": ("stickerchat",), "train": ("output",), "emotion": ("ser30k",)}
-
-
-def _validate(cfg: Config) -> None:
-    for section in dataclasses.fields(cfg):
-        values = getattr(cfg, section.name)
-        for key, value in dataclasses.asdict(values).items():
-            name = f"{section.name}.{key}"
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value}")
-            if key in _POSITIVE.get(section.name, ()) and value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-            if key in _NON_NEGATIVE.get(section.name, ()) and value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
-            if key in _NON_EMPTY.get(section.name, ()) and not str(value).strip():
-                raise ConfigError(f"{name} must not be empty")
-    m = cfg.model
-    if m.image_size % m.patch_size:
-        raise ConfigError(f"model.image_size {m.image_size} is not a multiple of model.patch_size")
-    if m.vision_width % m.vision_heads or m.text_width % m.text_heads:
-        raise ConfigError("model widths must be multiples of their head counts")
-    if cfg.data.max_text_tokens < 2:
-        raise ConfigError("data.max_text_tokens must be at least 2 ([CLS] and one token)")
-    if cfg.train.min_lr > cfg.train.lr:
-        raise ConfigError(f"train.min_lr {cfg.train.min_lr} is above train.lr {cfg.train.lr}")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the
-    last one silently, so a typo'd copy of a setting would win without a word)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(
-                    f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
-                    f"{seen[key]})"
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-def safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` that raises :class:`ConfigError` on duplicate mapping keys."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def load_config(
@@ -399,7 +297,7 @@ def load_config(
         _apply(cfg, values, source)
     for text in overrides:
         _apply(cfg, parse_override(text), f"override {text!r}")
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from srs_core import store
+from srs_core.data.examples import Example
 from srs_core.data.sticker_cache import PAD_ROW, StickerCache, gather
+from srs_core.data.transforms import eval_transform
 from srs_core.metrics import rank_metrics
-from srs_core.train.data import Example, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,9 @@ def evaluate(
     index (:func:`srs_core.library.library_metrics`): ``metrics.json`` -> ``library``, and
     ``library_<method>_<metric>`` in the returned dict.
     """
+    from srs_core.data.examples import load_examples
     from srs_core.data.report import Report
-    from srs_core.train.data import load_examples
-    from srs_core.train.session import open_for_inference
+    from srs_core.inference import open_for_inference
 
     started = time.time()
     session = open_for_inference(cfg, checkpoint_uri, split)
@@ -234,7 +235,8 @@ def evaluate(
 
 def _library(session, checkpoint: str, index_uri: str, batch_size: int) -> dict:
     """Library-level metrics of the split's (strict) dialogs, with the session's model."""
-    from srs_core.library import LoadedModel, StickerIndex, Suggester, file_sha256, library_metrics
+    from srs_core.inference import LoadedModel, file_sha256
+    from srs_core.library import StickerIndex, Suggester, library_metrics
 
     loaded = LoadedModel(session.model, session.tokenize, session.device, session.model.cfg,
                          checkpoint, file_sha256(checkpoint))

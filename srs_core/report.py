@@ -1,13 +1,13 @@
 """Self-contained HTML reports for the Kubeflow UI, built from the trainer's/evaluator's JSON.
 
-Inputs (all store URIs):
+Inputs (all store URIs, named by :mod:`srs_core.artifacts`):
 
-``<train.output>/history.jsonl``  one object per logged step ``{"step", "epoch", "loss",
-                                  <loss terms>, "lr", "dialogs_per_s"}`` and per validation
-                                  ``{"step", "val": {metric: value}}``
-``<eval out>/metrics.json``       the evaluator's metrics (``R10@1`` ... ``P@1``)
-``<eval out>/scores.jsonl``       per dialog ``{"line", "utterances", "candidates":
-                                  [[set_id, sticker_id | null], ...], "scores": [...]}``
+``TrainOutputs.history``   one object per logged step ``{"step", "epoch", "loss",
+                           <loss terms>, "lr", "dialogs_per_s"}`` and per validation
+                           ``{"step", "val": {metric: value}}``
+``EvalOutputs.metrics``    the evaluator's metrics (``METRIC_NAMES``: ``R10@1`` ... ``P@1``)
+``EvalOutputs.scores()``   per dialog ``{"line", "utterances", "candidates":
+                           [[set_id, sticker_id | null], ...], "scores": [...]}``
 
 Images (the loss-curve plot, sticker thumbnails) are embedded as base64 PNG so that one HTML
 file shows everything, which is what a KFP ``HTML`` artifact needs. The plot needs matplotlib;
@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image
 
 from srs_core import store
+from srs_core.artifacts import EvalOutputs, TrainOutputs
 from srs_core.errors import DataError
+from srs_core.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ __all__ = [
 
 # Keys of a history record that are not loss terms.
 _NOT_LOSS = frozenset({"step", "epoch", "lr", "dialogs_per_s", "eta_s", "val", "test_paper"})
-# Validation metrics worth a curve (the protocol's; counts and timings are left out).
-_CURVES = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
 _THUMB = 72  # thumbnail edge in pixels
 _STYLE = """
 body{font-family:sans-serif;margin:1.2em;color:#222}
@@ -105,7 +105,8 @@ def loss_curves_png(history: list[dict]) -> bytes | None:
     left.set_title("training loss")
     if steps:
         left.legend(fontsize=7)
-    names = [name for name in _CURVES if any(name in r["val"] for r in vals)]
+    # The protocol's metrics get a curve; counts and timings are left out.
+    names = [name for name in METRIC_NAMES if any(name in r["val"] for r in vals)]
     for name in names:
         points = [(r["step"], r["val"][name]) for r in vals
                   if isinstance(r["val"].get(name), (int, float))]
@@ -152,7 +153,7 @@ def sticker_loader(stickerchat_root: str, cache_uri: str = "") -> StickerLoader:
     """``(set_id, sticker_id | None) -> [H, W, 3] uint8``: from the sticker cache if one is
     given and has the set, else from ``npy_stickers``; None is the gray padding image."""
     from srs_core.data.images import gray_image
-    from srs_core.data.stickerchat import load_sticker
+    from srs_core.data.sticker_sets import load_sticker
 
     cache = None
     if cache_uri:
@@ -234,7 +235,7 @@ def _loss_section(history: list[dict]) -> str:
 
 
 def _history(train_output: str) -> list[dict]:
-    uri = store.join(train_output, "history.jsonl")
+    uri = TrainOutputs(train_output).history
     return read_jsonl(uri) if store.exists(uri) else []
 
 
@@ -291,7 +292,8 @@ def evaluation_report(
 ) -> str:
     """HTML: the metrics table, the first ``examples`` dialogs with their ``top`` stickers,
     and the training loss curves when ``train_output`` is given."""
-    payload = json.loads(store.read_text(store.join(eval_output, "metrics.json")))
+    outputs = EvalOutputs(eval_output)
+    payload = json.loads(store.read_text(outputs.metrics))
     # The evaluator writes {"split", "checkpoint", "metrics": {...}, "skipped": {...}}.
     metrics = payload.get("metrics", payload)
     label = str(payload.get("split", "metrics"))
@@ -308,7 +310,7 @@ def evaluation_report(
         sections.append(f'<p class="note">checkpoint: {html.escape(payload["checkpoint"])}</p>')
     if isinstance(payload.get("library"), dict):
         sections.append(library_section(payload["library"]))
-    scores_uri = store.join(eval_output, "scores.jsonl")
+    scores_uri = outputs.scores()
     if examples > 0 and store.exists(scores_uri):
         records = read_jsonl(scores_uri)[:examples]
         load = sticker_loader(stickerchat_root, cache_uri)

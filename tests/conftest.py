@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-S3_ENV = ("SRS_S3_ENDPOINT", "SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY", "SRS_S3_SECURE")
+from srs_core.store.s3_config import ENV_KEYS as S3_ENV
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +37,10 @@ def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture()
 def s3_server(s3_env: str) -> str:
     """A fresh, empty bucket on the loopback S3 server, as ``s3://<bucket>``."""
-    from srs_core.store import _client
+    from srs_core.store.s3_client import client
 
     bucket = f"test-{uuid.uuid4().hex[:12]}"
-    _client().make_bucket(bucket)
+    client().make_bucket(bucket)
     return f"s3://{bucket}"
 
 

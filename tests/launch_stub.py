@@ -1,7 +1,9 @@
 """A loopback stand-in for the few Kubernetes API endpoints the job launcher calls.
 
 Both job kinds are served: Training Operator v1 PyTorchJobs and Trainer v2 TrainJobs (whose
-pods carry JobSet's labels), plus Kueue's Workloads (``workloads`` = what Kueue would say).
+pods carry JobSet's labels), plus Kueue's Workloads (``workloads`` = what Kueue would say), and
+KServe InferenceServices for the deployer (create, replace with resourceVersion checks, get with
+scripted statuses).
 
 No cluster and no Training Operator exist on these machines. This threaded HTTP server answers
 with the shapes of the Kubernetes / Training Operator REST API (objects, lists, ``Status``
@@ -30,6 +32,8 @@ _WORKLOADS = re.compile(r"^/apis/kueue\.x-k8s\.io/v1beta1/namespaces/([^/]+)/wor
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
 _LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 _EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
+_ISVCS = re.compile(
+    r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
 
 
 def conditions(state: str, reason: str = "", message: str = "") -> dict[str, Any]:
@@ -62,6 +66,28 @@ def trainjob_status(state: str, reason: str = "", message: str = "") -> dict[str
     return {"conditions": conds.get(state, []),
             "jobsStatus": [{"name": "node", "active": active, "ready": active, "succeeded": 0,
                             "failed": int(state == "Failed"), "suspended": 0}]}
+
+
+def isvc_status(ready: bool | None, reason: str = "", message: str = "",
+               generation: int = 1, url: str = "", failure: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """An InferenceService ``status`` as KServe writes it: ``None`` = not reconciled yet,
+    else the Ready condition (and PredictorReady) for ``generation``."""
+    if ready is None:
+        return {}
+    value = "True" if ready else "False"
+    conds = [{"type": kind, "status": value, "lastTransitionTime": NOW,
+              **({"reason": reason, "message": message} if not ready and reason else {})}
+             for kind in ("PredictorReady", "Ready")]
+    status: dict[str, Any] = {"conditions": conds, "observedGeneration": generation,
+                              "modelStatus": {"transitionStatus": "UpToDate" if ready
+                                              else "InProgress"}}
+    if url:
+        status["url"] = url
+    if failure:
+        status["modelStatus"] = {"transitionStatus": "BlockedByFailedLoad",
+                                 "lastFailureInfo": failure}
+    return status
 
 
 def _pod_status(container: str, phase: str, restarts: int, state: dict[str, Any],
@@ -172,6 +198,9 @@ class StubApiServer:
     # answering (overloaded, partitioned, or a load balancer holding a dead backend).
     hang: Callable[[Request], bool] | None = None
     silent_logs: bool = False  # log streams stay open after their lines, without a word
+    isvcs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    isvc_errors: dict[str, int] = field(default_factory=dict)  # method -> status, every time
+    on_replace: Callable[[], None] | None = None  # runs before a PUT is checked (a racing writer)
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -192,6 +221,9 @@ class StubApiServer:
 
             def do_DELETE(self) -> None:
                 stub._serve(self, "DELETE")
+
+            def do_PUT(self) -> None:
+                stub._serve(self, "PUT")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -219,6 +251,15 @@ class StubApiServer:
         stored["status"] = status or {}
         self.jobs[(meta.get("namespace", "default"), meta["name"])] = stored
 
+    def add_isvc(self, manifest: dict[str, Any], status: dict[str, Any] | None = None) -> None:
+        """An InferenceService that exists already (resourceVersion 1, generation 1)."""
+        stored = json.loads(json.dumps(manifest))
+        meta = stored["metadata"]
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=NOW, resourceVersion="1",
+                    generation=1, finalizers=["inferenceservice.finalizers"])
+        stored["status"] = status or {}
+        self.isvcs[(meta.get("namespace", "default"), meta["name"])] = stored
+
     def script(self, name: str, *steps: Any) -> None:
         """Statuses (dicts), ``GONE`` or callables ``(stub) -> status | GONE`` per job GET."""
         self.scripts[name] = list(steps)
@@ -226,6 +267,14 @@ class StubApiServer:
     def calls(self, method: str, fragment: str = "") -> list[Request]:
         with self.lock:
             return [r for r in self.requests if r.method == method and fragment in r.path]
+
+    def _next_status(self, name: str) -> Any:
+        """The next scripted status of ``name`` (None: no script)."""
+        steps = self.scripts.get(name)
+        if not steps:
+            return None
+        step = steps.pop(0) if len(steps) > 1 else steps[0]
+        return step(self) if callable(step) else step
 
     # -- serving -------------------------------------------------------------------------------
     def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
@@ -246,7 +295,7 @@ class StubApiServer:
             return None
         route = [(_JOBS, self._jobs), (_TRAINJOBS, self._jobs), (_WORKLOADS, self._workloads),
                  (_PODS, self._pods), (_LOG, self._log),
-                 (_EVENTS, self._events)]
+                 (_EVENTS, self._events), (_ISVCS, self._isvcs)]
         for pattern, serve in route:
             match = pattern.match(parts.path)
             if match:
@@ -283,16 +332,61 @@ class StubApiServer:
             if method == "DELETE":
                 del self.jobs[(namespace, name)]
                 return self._reply(handler, 200, _status(200, "", "deleted", "Success"))
-            steps = self.scripts.get(name)
-            if steps:
-                step = steps.pop(0) if len(steps) > 1 else steps[0]
-                if callable(step):
-                    step = step(self)
+            step = self._next_status(name)
+            if step is not None:
                 if step is GONE:
                     del self.jobs[(namespace, name)]
                     return self._reply(handler, 404, _status(404, "NotFound", "gone"))
                 job["status"] = step
             return self._reply(handler, 200, job)
+
+    def _isvcs(self, handler: Any, method: str, query: dict, body: Any, namespace: str,
+               name: str | None) -> None:
+        """InferenceServices: POST creates (409 if present), PUT replaces when the body's
+        resourceVersion is current (else 409), GET plays the script; status stays server-side."""
+        with self.lock:
+            if method in self.isvc_errors:
+                code = self.isvc_errors[method]
+                return self._reply(handler, code, _status(code, _REASONS.get(code, "Invalid"),
+                                                          f"stub: {method} refused ({code})"))
+            if name is None and method == "POST":
+                name = body["metadata"]["name"]
+                if (namespace, name) in self.isvcs:
+                    return self._reply(handler, 409, _status(409, "AlreadyExists", (
+                        f'inferenceservices.serving.kserve.io "{name}" already exists')))
+                self.add_isvc({**body, "metadata": {**body["metadata"], "namespace": namespace}})
+                return self._reply(handler, 201, self.isvcs[(namespace, name)])
+            stored = self.isvcs.get((namespace, name)) if name else None
+            if stored is None:
+                return self._reply(handler, 404, _status(
+                    404, "NotFound", f'inferenceservices.serving.kserve.io "{name}" not found'))
+            if method == "PUT":
+                return self._replace_isvc(handler, stored, body)
+            if method == "GET":
+                step = self._next_status(name)
+                if step is not None:
+                    stored["status"] = step
+                return self._reply(handler, 200, stored)
+            return self._reply(handler, 405, _status(405, "MethodNotAllowed", "stub"))
+
+    def _replace_isvc(self, handler: Any, stored: dict[str, Any], body: dict[str, Any]) -> None:
+        if self.on_replace is not None:
+            self.on_replace()
+        meta = stored["metadata"]
+        if body["metadata"].get("resourceVersion") != meta["resourceVersion"]:
+            return self._reply(handler, 409, _status(409, "Conflict", (
+                f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io '
+                f'"{meta["name"]}": the object has been modified; please apply your changes '
+                "to the latest version and try again")))
+        spec_changed = body.get("spec") != stored.get("spec")
+        status = stored.get("status", {})
+        stored.clear()
+        stored.update(json.loads(json.dumps(body)), status=status)  # PUT keeps the status
+        stored["metadata"].update(
+            uid=meta["uid"], creationTimestamp=meta["creationTimestamp"],
+            resourceVersion=str(int(meta["resourceVersion"]) + 1),
+            generation=meta["generation"] + int(spec_changed))
+        return self._reply(handler, 200, stored)
 
     def _workloads(self, handler: Any, method: str, query: dict, body: Any,
                    namespace: str) -> None:
@@ -358,6 +452,10 @@ class StubApiServer:
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
+
+
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+            409: "Conflict", 422: "Invalid", 500: "InternalError"}
 
 
 def _status(code: int, reason: str, message: str, status: str = "Failure") -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from srs_core import store
-from srs_core.config import EMOTIONS
+from srs_core.data.ser30k import EMOTIONS
 from srs_core.emotion.anchors import (
     FaissKMeans,
     KMeansResult,

@@ -17,13 +17,8 @@ from srs_core.data.candidates import build_candidates
 from srs_core.data.images import decode_image, decode_npy, to_rgb_uint8
 from srs_core.data.report import DataProblem, Report
 from srs_core.data.ser30k import load_image, read_annotations
-from srs_core.data.stickerchat import (
-    iter_candidates,
-    iter_dialogs,
-    load_sticker,
-    read_sticker_set,
-    utterance_text,
-)
+from srs_core.data.sticker_sets import iter_candidates, load_sticker, read_sticker_set
+from srs_core.data.stickerchat import iter_dialogs, utterance_text
 from srs_core.data.synth import synthesize
 from srs_core.errors import DataError
 

@@ -10,17 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from srs_core.config import NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS
+from srs_core.data.candidates import build_candidates
 from srs_core.data.drawing import EMOTION_COLORS
-from srs_core.data.ser30k import load_image, read_annotations
-from srs_core.data.stickerchat import (
-    build_candidates,
-    iter_dialogs,
-    load_sticker,
-    read_sticker_mapping,
-    read_sticker_set,
-    utterance_text,
-)
+from srs_core.data.ser30k import NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS, load_image, read_annotations
+from srs_core.data.sticker_sets import load_sticker, read_sticker_mapping, read_sticker_set
+from srs_core.data.stickerchat import iter_dialogs, utterance_text
 from srs_core.data.synth import (
     EMOTION_EMOJI,
     EMOTION_WORDS,

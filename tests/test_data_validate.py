@@ -10,7 +10,7 @@ import pytest
 
 from srs_core import store
 from srs_core.cli import main
-from srs_core.data import stickerchat
+from srs_core.data import sticker_sets, stickerchat
 from srs_core.data.synth import synthesize
 from srs_core.data.validate import validate
 
@@ -107,13 +107,13 @@ def test_nothing_usable_fails_even_without_strict(tmp_path: Path, capsys) -> Non
 
 def test_each_sticker_is_loaded_once(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int]] = []
-    original = stickerchat.load_sticker
+    original = sticker_sets.load_sticker
 
     def counting(root: str, set_id: int, sticker_id: int):
         calls.append((set_id, sticker_id))
         return original(root, set_id, sticker_id)
 
-    monkeypatch.setattr(stickerchat, "load_sticker", counting)
+    monkeypatch.setattr(sticker_sets, "load_sticker", counting)
     result = validate(str(demo / "stickerchat"), progress=False)
     assert len(calls) == len(set(calls)) == result.stickerchat["stickers"]["checked"]
     dialogs = sum(s["dialogs"] for s in result.stickerchat["splits"].values())

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from srs_core.config import EMOTIONS, load_config
+from srs_core.config import load_config
+from srs_core.data.ser30k import EMOTIONS
+from srs_core.emotion.metrics import classification_metrics
 from srs_core.emotion.teacher import (
-    FAIL_AFTER_EPOCH_ENV,
     backbone_state_dict,
-    classification_metrics,
     create_teacher_model,
     load_init_weights,
     load_teacher,
@@ -129,19 +129,20 @@ def test_class_without_training_images_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_an_epoch_matches_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     root = _ser30k(tmp_path / "ser30k", images=48)
     cfg = _config(root, "emotion.epochs=2", "emotion.batch_size=16")
     reference = train_teacher(cfg, str(tmp_path / "reference"))
 
     out = tmp_path / "resumed"
-    monkeypatch.setenv(FAIL_AFTER_EPOCH_ENV, "1")  # dies after epoch 1's checkpoint, like a kill
+
+    def interrupt(epoch: int) -> None:  # dies after epoch 1's checkpoint, like a kill
+        if epoch == 1:
+            raise RuntimeError(f"injected failure after epoch {epoch}")
+
     with pytest.raises(RuntimeError, match="injected"):
-        train_teacher(cfg, str(out))
+        train_teacher(cfg, str(out), on_epoch_end=interrupt)
     assert (out / "checkpoints" / "latest.pt").exists() and not (out / "teacher.pth").exists()
-    monkeypatch.delenv(FAIL_AFTER_EPOCH_ENV)
     resumed = train_teacher(cfg, str(out))
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"] == reference["history"]

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from srs_core.config import load_config
+from srs_core.data.examples import load_examples
 from srs_core.data.sticker_cache import build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
 from srs_core.evaluate import score_examples, score_examples_naive, summarize
 from srs_core.metrics import rank_metrics
-from srs_core.train.data import load_examples
-from srs_core.train.session import Tokenizer, build_model, resolve_vocab
+from srs_core.model.factory import build_model
+from srs_core.model.tokenizer import ContextTokenizer
+from srs_core.model.vocab import resolve_vocab
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     sets = {d.sticker_set_id for d in iter_dialogs(root, "test")}
     cache = build_sticker_cache(root, sets, str(out / "cache"), cfg.model.image_size)
     examples = load_examples(root, "test", cache)
-    tokenize = Tokenizer(resolve_vocab(cfg, examples), 64)
+    tokenize = ContextTokenizer(resolve_vocab(cfg, examples), 64)
     torch.manual_seed(0)
     model = build_model(cfg.model, 28, tokenize.vocab_size).eval()
     return model, examples, cache, tokenize

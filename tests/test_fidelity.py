@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from srs_core.config import load_config
+from srs_core.data.examples import context_texts, load_examples
 from srs_core.data.sticker_cache import PAD_ROW, build_sticker_cache
 from srs_core.data.stickerchat import Dialog, Utterance, iter_dialogs, utterance_text
 from srs_core.data.synth import synthesize
@@ -31,10 +32,10 @@ from srs_core.model.losses import (
     polarity_affinity,
     text_polarity,
 )
-from srs_core.train.data import context_texts, load_examples
-from srs_core.train.loop import _global_batch
-from srs_core.train.schedule import SelectorSchedule
-from srs_core.train.session import Tokenizer, resolve_lowercase
+from srs_core.model.tokenizer import ContextTokenizer
+from srs_core.model.vocab import resolve_lowercase
+from srs_core.runtime.schedule import PositionSchedule
+from srs_core.train.schedule import global_batch
 
 # ----------------------------------------------------------------------------- 1. fp32 targets
 
@@ -120,9 +121,9 @@ def test_hard_negative_weights_are_the_authors() -> None:
 # ----------------------------------------------------------------------------- 3. LR schedule
 
 
-def _schedule(kind: str = "paper", steps_per_epoch: int = 250) -> SelectorSchedule:
+def _schedule(kind: str = "paper", steps_per_epoch: int = 250) -> PositionSchedule:
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
-    return SelectorSchedule(
+    return PositionSchedule(
         optimizer, kind, lr=1e-4, min_lr=1e-5, warmup_lr=1e-5, epochs=5, warmup_epochs=1,
         steps_per_epoch=steps_per_epoch, total_steps=5 * steps_per_epoch,
     )
@@ -176,18 +177,18 @@ def test_per_step_cosine_is_kept_as_an_option() -> None:
 def test_global_batch_is_explicit_and_scales_the_lr(caplog: pytest.LogCaptureFixture) -> None:
     paper = load_config()
     with caplog.at_level(logging.WARNING):
-        assert _global_batch(paper, 2, True) == (8, 1.0)
+        assert global_batch(paper, 2, True) == (8, 1.0)
     assert "differs from the paper" not in caplog.text
     with caplog.at_level(logging.WARNING):
-        assert _global_batch(paper, 32, True) == (128, 1.0)
+        assert global_batch(paper, 32, True) == (128, 1.0)
     assert "global batch 128 differs from the paper's 8" in caplog.text
     linear = load_config(overrides=["train.lr_scaling=linear"])
-    assert _global_batch(linear, 32, False) == (128, 16.0)
+    assert global_batch(linear, 32, False) == (128, 16.0)
     root = load_config(overrides=["train.lr_scaling=sqrt"])
-    assert _global_batch(root, 32, False) == (128, 4.0)
+    assert global_batch(root, 32, False) == (128, 4.0)
     pinned = load_config(overrides=["train.global_batch_size=8"])
     with pytest.raises(ConfigError, match="4 dialogs x 4 processes = 16"):
-        _global_batch(pinned, 4, False)
+        global_batch(pinned, 4, False)
     with pytest.raises(ConfigError, match="not one of"):
         load_config(overrides=["train.lr_scaling=quadratic"])
 
@@ -203,9 +204,9 @@ def test_multi_node_overlay_says_what_its_global_batch_does() -> None:
 
 def test_tokenizer_is_cased_like_bert_base_chinese(tmp_path: Path) -> None:
     vocab = "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "OK", "ok", "好"]) + "\n"
-    ids, _ = Tokenizer(vocab, 16)([["OK好"]])
+    ids, _ = ContextTokenizer(vocab, 16)([["OK好"]])
     assert ids[0].tolist() == [2, 5, 7, 3]  # "OK" keeps its id, not "ok"'s
-    ids, _ = Tokenizer(vocab, 16, lowercase=True)([["OK好"]])
+    ids, _ = ContextTokenizer(vocab, 16, lowercase=True)([["OK好"]])
     assert ids[0].tolist() == [2, 6, 7, 3]
     bert = tmp_path / "bert"
     bert.mkdir()
@@ -222,7 +223,8 @@ def test_tokenizer_is_cased_like_bert_base_chinese(tmp_path: Path) -> None:
 
 
 def test_one_whitespace_rule_for_tokenizer_and_sentiment(tmp_path: Path) -> None:
-    from srs_core.sentiment import run_sentiment, sentiment_model
+    from srs_core.sentiment.run import run_sentiment
+    from srs_core.sentiment.scoring import sentiment_model
 
     raw = [" 开心\n难过 ", "   ", "我 很 好"]
     assert [utterance_text(t) for t in raw] == ["开心\n难过", "", "我很好"]

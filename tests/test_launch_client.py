@@ -20,7 +20,7 @@ from launch_stub import GONE, StubApiServer, conditions, event, pod
 from srs_core.cli import main
 from srs_core.errors import ConfigError, JobError
 from srs_core.launch import JobSpec, PyTorchJobLauncher, kube_configuration, render_pytorchjob
-from srs_core.launch.client import DEFAULT_REQUEST_TIMEOUT, request_timeout_from_env
+from srs_core.launch.kube import DEFAULT_REQUEST_TIMEOUT, request_timeout_from_env
 
 NS = "srs"
 NAME = "srs-train-run1"

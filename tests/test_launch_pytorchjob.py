@@ -20,9 +20,9 @@ from srs_core.launch import (
     render_yaml,
     validate_pytorchjob,
 )
-from srs_core.launch.pytorchjob import (
+from srs_core.launch.pytorchjob import CRD_PATH
+from srs_core.launch.spec import (
     _ENV_FIELDS,
-    CRD_PATH,
     ENV_VARIABLES,
     POD_LABELS,
     WRITABLE_ENV,

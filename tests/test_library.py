@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from library_setup import tiny_library
 
-from srs_core.config import EMOTIONS
-from srs_core.data.stickerchat import iter_dialogs, read_sticker_set
+from srs_core.data.examples import context_texts
+from srs_core.data.ser30k import EMOTIONS
+from srs_core.data.sticker_sets import read_sticker_set
+from srs_core.data.stickerchat import iter_dialogs
 from srs_core.library import (
     Searcher,
     StickerIndex,
@@ -19,7 +21,6 @@ from srs_core.library import (
     library_metrics,
     library_sets,
 )
-from srs_core.train.data import context_texts
 
 pytestmark = pytest.mark.slow
 

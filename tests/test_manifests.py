@@ -21,7 +21,10 @@ from launch_stub import StubApiServer, conditions, event, pod
 
 from srs_core.errors import JobError
 from srs_core.launch import JobLauncher, JobSpec, PyTorchJobLauncher, render_pytorchjob
-from srs_core.launch.pytorchjob import ENV_VARIABLES, POD_LABELS, PORT_NAME, S3_ENV_KEYS
+from srs_core.launch.pytorchjob import PORT_NAME
+from srs_core.launch.spec import ENV_VARIABLES, POD_LABELS
+from srs_core.store.s3_config import ENV_KEYS as S3_ENV_KEYS
+from srs_core.store.s3_config import SECRET_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -153,7 +156,7 @@ def test_the_role_allows_every_call_of_the_trainjob_launcher_behind_kueue():
                for r in rule["resources"]}
     assert granted == {("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs"),
                        ("kueue.x-k8s.io", "workloads"), ("", "pods"), ("", "pods/log"),
-                       ("", "events")}
+                       ("", "events"), ("serving.kserve.io", "inferenceservices")}
 
 
 def test_kueue_overlay_queues_every_job_in_the_srs_namespace():
@@ -188,6 +191,29 @@ def test_secret_is_a_template_without_credentials(target):
     assert set(secret["stringData"]) == set(S3_ENV_KEYS) and "data" not in secret
     for key in ("SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY"):
         assert secret["stringData"][key] == "REPLACE_ME"
+
+
+def _secret_key_refs(node: object) -> list[dict]:
+    if isinstance(node, dict):
+        found = [node["secretKeyRef"]] if "secretKeyRef" in node else []
+        return found + [ref for value in node.values() for ref in _secret_key_refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _secret_key_refs(value)]
+    return []
+
+
+@pytest.mark.parametrize("target", [*TARGETS, "trainer", "serving"])
+def test_manifests_spell_the_secret_as_the_store_names_it(target):
+    """The YAML repeats the Secret's name and keys; srs_core.store.s3_config owns them."""
+    docs = render(target)
+    for secret in (d for d in docs if d["kind"] == "Secret"):
+        assert secret["metadata"]["name"] == SECRET_NAME
+        assert set(secret["stringData"]) == set(S3_ENV_KEYS)
+    for config in (d for d in docs if d["kind"] == "ConfigMap"):
+        assert config["data"].get("SRS_JOB_SECRET", SECRET_NAME) == SECRET_NAME
+    refs = _secret_key_refs(docs)
+    assert target in TARGETS or {ref["key"] for ref in refs} == set(S3_ENV_KEYS)
+    assert all(ref["name"] == SECRET_NAME and ref["key"] in S3_ENV_KEYS for ref in refs)
 
 
 @pytest.mark.parametrize(("target", "workers", "gpus"), [

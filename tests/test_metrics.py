@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from srs_core.errors import DataError
-from srs_core.metrics import positive_ranks, rank_metrics
+from srs_core.metrics import METRIC_NAMES, positive_ranks, rank_metrics
 
 KEYS = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
 
@@ -38,6 +38,7 @@ def test_hand_computed_rows() -> None:
         [0, 9, 8, 7, 6, 5, 4, 3, 2, 1],  # last: rank 10
     ], dtype=float)
     got = rank_metrics(scores)
+    assert tuple(got) == METRIC_NAMES == KEYS  # the one list names what rank_metrics returns
     assert positive_ranks(scores).tolist() == [1, 2, 5, 10]
     assert got["R10@1"] == got["P@1"] == pytest.approx(1 / 4)
     assert got["R10@2"] == pytest.approx(2 / 4)

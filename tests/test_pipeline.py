@@ -18,6 +18,7 @@ from components._image import BASE_IMAGE, GPU_IMAGE
 from pipelines.platform import GPU_NODE_LABEL, GPU_RESOURCE, STORE_SECRET
 from srs_core.cli import main
 from srs_core.errors import ConfigError, JobError
+from srs_core.metrics import METRIC_NAMES
 
 # Values that must never reach a compiled pipeline or a submission, whatever the environment.
 FAKE_SECRETS = {
@@ -27,7 +28,7 @@ FAKE_SECRETS = {
     "SRS_S3_SECURE": "true",
 }
 FUNCTIONS = {"validate", "prepare_sentiment", "train_emotion_teacher", "cluster_anchors",
-             "train_srs", "evaluate"}
+             "train_srs", "evaluate", "build_index", "no_index", "deploy_model"}
 
 
 @pytest.fixture()
@@ -77,7 +78,8 @@ def test_compiled_pipeline_loads_back_with_the_six_components(compiled) -> None:
     assert {_function(spec, label) for label in executors} == FUNCTIONS
     # train_srs runs three times, one per training backend (a PyTorchJob, a TrainJob, or torchrun
     # in the step)
-    assert len(executors) == 8
+    # in-step); build_index or its no-op, and deploy_model (tests/test_pipeline_library.py)
+    assert len(executors) == 11
     loaded = components.load_component_from_text(text)
     assert loaded.name == "srs-perceive-before-respond"
     assert {"stickerchat_uri", "ser30k_uri", "output_root", "anchors_k", "epochs", "batch_size",
@@ -108,7 +110,9 @@ def test_dag_follows_the_design_diagram(compiled) -> None:
     branches = root["condition-branches-1"]
     assert set(branches["dependentTasks"]) == {
         "cluster-anchors", "prepare-sentiment", "train-emotion-teacher", "validate"}
-    assert set(root["evaluate"]["dependentTasks"]) == {"condition-branches-1", "validate"}
+    # ... and the library index's branches (build_index=true or false)
+    assert set(root["evaluate"]["dependentTasks"]) == {
+        "condition-branches-1", "condition-branches-5", "validate"}
 
 
 def _gpu_settings(spec: dict, platform: dict, label: str) -> tuple[dict, dict]:
@@ -122,7 +126,7 @@ def test_gpu_settings_on_teacher_anchors_in_step_training_and_evaluation(compile
     labels = {task["componentRef"]["name"]: _executor_label(spec, task)
               for task in _tasks(spec).values()}
     gpu_labels = {labels[c] for c in ("comp-train-emotion-teacher", "comp-cluster-anchors",
-                                      "comp-evaluate")}
+                                      "comp-build-index", "comp-evaluate")}
     in_step = [lab for lab in labels.values() if _function(spec, lab) == "train_srs"
                and "accelerator" in spec["deploymentSpec"]["executors"][lab]["container"][
                    "resources"]]
@@ -174,7 +178,7 @@ def test_every_task_has_resources_image_secret_and_runs_as_non_root(compiled) ->
 
 def test_job_launchers_get_their_namespace_pod_identity_and_the_cluster_job_defaults(
         compiled) -> None:
-    from srs_core.launch.pytorchjob import ENV_VARIABLES
+    from srs_core.launch.spec import ENV_VARIABLES
 
     spec, platform, _ = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -235,6 +239,9 @@ def test_retries_and_caching(compiled) -> None:
         "train_srs_launcher": (True, False),  # a retry adopts the running PyTorchJob
         "train_srs_in_step": (True, False),  # resumes from its last checkpoint
         "evaluate": (True, False),  # its checkpoint URI is rewritten by every training run
+        "build_index": (True, False),  # so is the index, built from that checkpoint
+        "no_index": (False, False),
+        "deploy_model": (True, False),  # create-or-update: idempotent
     }
 
 
@@ -259,6 +266,17 @@ def test_params_are_typed_and_checked() -> None:
         parse_params(["training_backend=slurm"])
     with pytest.raises(ConfigError, match="expected name=value"):
         parse_params(["epochs"])
+    with pytest.raises(ConfigError, match="deploy must be one of none, render, apply"):
+        parse_params(["deploy=yes"])
+
+
+def test_deploy_needs_the_index() -> None:
+    from pipelines.runner import check_parameters, parse_params
+
+    check_parameters(parse_params(["deploy=render"]))  # build_index is on by default
+    with pytest.raises(ConfigError, match="deploy=apply serves the sticker index: it needs "
+                                          "build_index=true"):
+        check_parameters(parse_params(["deploy=apply", "build_index=false"]))
 
 
 # --- `srs pipeline submit` against a stub KFP API server -------------------------------------
@@ -447,8 +465,6 @@ def test_local_run_fails_at_validation_of_unusable_data(
 
 # --- end to end: `srs pipeline run --local` on demo data --------------------------------------
 
-METRIC_NAMES = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
-
 
 def _executor_outputs(run_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text())
@@ -459,19 +475,40 @@ def _artifact(outputs: dict, task: str, name: str) -> dict:
     return outputs[task]["artifacts"][name]["artifacts"][0]
 
 
+def _check_library_and_deploy(out: Path, outputs: dict, logged: dict) -> None:
+    """build_index (on by default) and deploy=render in the end-to-end run (the steps' own
+    tests: tests/test_pipeline_library.py, tests/test_deploy.py)."""
+    from srs_core.deploy.manifest import CRD_PATH
+    from srs_core.launch.schema import validate_object
+
+    index = json.loads((out / "index" / "index.json").read_text())
+    assert _artifact(outputs, "build-index", "summary")["metadata"]["stickers"] == \
+        index["stickers"] == logged["library_stickers"]
+    for method in ("ita", "rerank20", "rerank50", "rerank100"):  # the whole library's ranks
+        assert 0.0 <= logged[f"library_{method}_R@1"] <= logged[f"library_{method}_R@10"] <= 1
+    stored = (out / "serving" / "inferenceservice.yaml").read_text()
+    assert Path(_artifact(outputs, "deploy-model", "manifest")["uri"]).read_text() == stored
+    isvc = yaml.safe_load(stored)
+    validate_object(isvc, CRD_PATH, "v1beta1")
+    env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert (env["SRS_CHECKPOINT"], env["SRS_INDEX"]) == (str(out / "srs" / "best.pt"),
+                                                         str(out / "index"))
+
+
 @pytest.mark.slow
 def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """All six steps under kfp.local (subprocesses, torchrun on CPU) with the tiny preset."""
     import numpy as np
 
-    from srs_core.config import EMOTIONS
+    from srs_core.data.ser30k import EMOTIONS
     from srs_core.data.synth import synthesize
 
     data, out = tmp_path / "data", tmp_path / "run"
     synthesize(str(data), seed=1, dialogs=48, sets=6, images=56, image_size=32)
     code = main(["pipeline", "run", "--local", "--data", str(data), "--out", str(out),
                  "--param", "epochs=1", "--param", "anchors_k=2", "--param", "batch_size=8",
-                 "--param", "overrides=emotion.epochs=1 train.log_every=1"])
+                 "--param", "overrides=emotion.epochs=1 train.log_every=1",
+                 "--param", "deploy=render"])
     assert code == 0
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)  # the step logs go to stderr
@@ -495,7 +532,9 @@ def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.Captur
     # the KFP artifacts the UI shows
     (run_dir,) = [p for p in (out / "kfp").iterdir() if p.is_dir()]
     outputs = _executor_outputs(run_dir)
-    assert _artifact(outputs, "evaluate", "metrics")["metadata"] == metrics
+    logged = _artifact(outputs, "evaluate", "metrics")["metadata"]
+    assert {k: v for k, v in logged.items() if not k.startswith("library_")} == metrics
+    _check_library_and_deploy(out, outputs, logged)
     confusion = _artifact(outputs, "train-emotion-teacher", "confusion")["metadata"][
         "confusionMatrix"]
     assert [s["displayName"] for s in confusion["annotationSpecs"]] == list(EMOTIONS)

@@ -24,7 +24,8 @@ from srs_core import store
 from srs_core.data import stickerchat
 from srs_core.data.report import DataProblem, Report
 from srs_core.data.ser30k import Ser30kItem, load_image, read_annotations
-from srs_core.data.stickerchat import iter_dialogs, load_sticker, read_sticker_set, sticker_uri
+from srs_core.data.sticker_sets import load_sticker, read_sticker_set
+from srs_core.data.stickerchat import iter_dialogs, sticker_uri
 from srs_core.data.synth import synthesize
 from srs_core.data.validate import validate
 

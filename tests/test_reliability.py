@@ -197,7 +197,7 @@ def test_the_cli_prints_no_traceback_unless_asked(tmp_path: Path) -> None:
 
 
 def test_sentiment_that_scores_no_dialog_is_loud(tmp_path: Path, caplog) -> None:
-    from srs_core.sentiment import run_sentiment
+    from srs_core.sentiment.run import run_sentiment
 
     source = tmp_path / "release_train.json"
     source.write_text('{"context": [], "current": {}}\nnot json\n', encoding="utf-8")

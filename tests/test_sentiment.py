@@ -12,7 +12,7 @@ from srs_core import store
 from srs_core.data.report import DataProblem
 from srs_core.data.synth import make_sets, write_dialogs
 from srs_core.errors import DataError
-from srs_core.sentiment import FAIL_CHUNK_ENV, read_polarity, run_sentiment, summary_uri
+from srs_core.sentiment.run import read_polarity, run_sentiment, summary_uri
 
 
 def _dialog(first_id: int, texts: list) -> dict:
@@ -39,6 +39,16 @@ def dialogs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for record in extra:
             handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
     return path
+
+
+def _stop_after(last: int):
+    """An ``on_chunk`` hook that stops the run once chunk ``last`` is committed, as a kill
+    would stop it before the next one."""
+    def hook(stats: dict) -> None:
+        if stats["index"] == last:
+            raise RuntimeError(f"chunk {last} committed: injected failure")
+
+    return hook
 
 
 def _records(path: Path | str) -> list[dict]:
@@ -104,21 +114,17 @@ def test_strict_failure_crosses_the_process_pool(tmp_path: Path) -> None:
         run_sentiment(str(path), str(tmp_path / "val.jsonl"), workers=2, strict=True)
 
 
-def test_resumed_run_is_byte_identical(
-    dialogs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resumed_run_is_byte_identical(dialogs: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference.jsonl"
     expected = run_sentiment(str(dialogs), str(reference), workers=1, chunk_size=20)
 
     out = tmp_path / "resumed.jsonl"
-    monkeypatch.setenv(FAIL_CHUNK_ENV, "3")  # the run dies in chunk 3, as a kill would stop it
-    with pytest.raises(RuntimeError, match="injected"):
-        run_sentiment(str(dialogs), str(out), workers=1, chunk_size=20)
+    with pytest.raises(RuntimeError, match="injected"):  # the run dies before chunk 3
+        run_sentiment(str(dialogs), str(out), workers=1, chunk_size=20, on_chunk=_stop_after(2))
     assert not out.exists()
     landed = sorted(p.name for p in (tmp_path / "resumed.chunks").glob("*.stats.json"))
     assert landed == ["000000.stats.json", "000001.stats.json", "000002.stats.json"]
 
-    monkeypatch.delenv(FAIL_CHUNK_ENV)
     resumed = run_sentiment(str(dialogs), str(out), workers=2, chunk_size=20)  # process pool
     assert resumed["chunks_resumed"] == 3
     assert out.read_bytes() == reference.read_bytes()
@@ -126,14 +132,10 @@ def test_resumed_run_is_byte_identical(
         assert resumed[key] == expected[key], key
 
 
-def test_leftovers_of_other_settings_are_discarded(
-    dialogs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_leftovers_of_other_settings_are_discarded(dialogs: Path, tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
-    monkeypatch.setenv(FAIL_CHUNK_ENV, "2")
     with pytest.raises(RuntimeError):
-        run_sentiment(str(dialogs), str(out), workers=1, chunk_size=30)
-    monkeypatch.delenv(FAIL_CHUNK_ENV)
+        run_sentiment(str(dialogs), str(out), workers=1, chunk_size=30, on_chunk=_stop_after(1))
     summary = run_sentiment(str(dialogs), str(out), workers=1, chunk_size=40)
     assert summary["chunks_resumed"] == 0 and summary["chunks"] == 6
     reference = tmp_path / "reference.jsonl"
@@ -177,3 +179,15 @@ def test_cli(dialogs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["dialogs"] == 233 and len(_records(out)) == 233
+
+
+def test_split_of_a_root_writes_where_its_outputs_say(dialogs: Path, tmp_path: Path) -> None:
+    from srs_core.artifacts import SentimentOutputs
+    from srs_core.sentiment.run import sentiment_of_split
+
+    outputs = SentimentOutputs(str(tmp_path / "sentiment"))
+    summary = sentiment_of_split(str(dialogs.parent), "train", outputs, workers=1)
+    reference = tmp_path / "reference.jsonl"
+    run_sentiment(str(dialogs), str(reference), workers=1)
+    assert Path(outputs.split("train")).read_bytes() == reference.read_bytes()
+    assert summary["output"] == outputs.split("train") and summary["dialogs"] == 233

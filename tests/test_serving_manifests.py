@@ -16,11 +16,12 @@ import yaml
 from components._image import BASE_IMAGE
 from srs_core.cli import build_parser
 from srs_core.launch.schema import validate_object
-from srs_core.launch.spec import S3_ENV_KEYS, WRITABLE_ENV, WRITABLE_MOUNTS
+from srs_core.launch.spec import WRITABLE_ENV, WRITABLE_MOUNTS
+from srs_core.store.s3_config import ENV_KEYS as S3_ENV_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-CRD = Path(__file__).with_name("schemas") / "serving.kserve.io_inferenceservices.yaml"
+CRD = ROOT / "srs_core" / "launch" / "schemas" / "serving.kserve.io_inferenceservices.yaml"
 SHARED_CRD = ROOT.parent / "shared" / "schemas" / CRD.name
 PLACEHOLDERS = {"SRS_CHECKPOINT": "s3://srs-runs/default/srs/best.pt",
                 "SRS_INDEX": "s3://srs-runs/default/index"}

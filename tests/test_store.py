@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -226,7 +227,7 @@ def test_transient_network_errors_are_retried(
     s3_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.write_text(store.join(s3_server, "r.txt"), "survives")
-    proxy = _FlakyProxy(store.os.environ["SRS_S3_ENDPOINT"], drops=2)
+    proxy = _FlakyProxy(os.environ["SRS_S3_ENDPOINT"], drops=2)
     try:
         monkeypatch.setenv("SRS_S3_ENDPOINT", f"127.0.0.1:{proxy.port}")
         monkeypatch.setenv("SRS_S3_RETRIES", "4")

@@ -22,6 +22,7 @@ import pytest
 
 from srs_core import store
 from srs_core.errors import StoreError
+from srs_core.store import s3_client
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,7 @@ def _no_leftover_threads(moto_endpoint: str) -> Iterator[None]:
     before = ours()
     # the circuit breaker is per endpoint and process; a port reused by the kernel must not
     # find it open from an earlier test
-    store._down.clear()
+    s3_client._down.clear()
     yield
     deadline = time.monotonic() + 5
     while (left := ours() - before) and time.monotonic() < deadline:
@@ -288,7 +289,7 @@ def test_html_object_on_s3_is_data(s3_server: str) -> None:
     """A real S3 answer with text/html (an HTML object) is not mistaken for a web page."""
     bucket = s3_server.removeprefix("s3://")
     page = b"<html><head><title>stored page</title></head></html>"
-    store._client().put_object(bucket, "page.html", io.BytesIO(page), len(page),
+    s3_client.client().put_object(bucket, "page.html", io.BytesIO(page), len(page),
                                content_type="text/html")
     assert store.read_bytes(f"{s3_server}/page.html") == page
 
@@ -461,7 +462,7 @@ def test_multipart_objects_are_compared_by_their_stored_md5(
     assert store.read_bytes(info.uri) == bytes(changed)
     # a multipart object uploaded by another tool (no srs-md5) cannot be verified: re-sent once
     bucket, key = info.uri.removeprefix("s3://").split("/", 1)
-    store._client().fput_object(bucket, key, str(src / "big.bin"))
+    s3_client.client().fput_object(bucket, key, str(src / "big.bin"))
     assert store.copy_tree(str(src), dst, progress=False).copied == 1
     assert store.copy_tree(str(src), dst, progress=False).skipped == 1
 

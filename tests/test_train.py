@@ -18,7 +18,7 @@ from srs_core import store
 from srs_core.config import load_config
 from srs_core.data.synth import synthesize
 from srs_core.evaluate import evaluate
-from srs_core.train.checkpoint import load_torch, save_torch
+from srs_core.runtime.checkpoint import load_torch, save_torch
 from srs_core.train.loop import train
 
 pytestmark = pytest.mark.slow
@@ -203,7 +203,7 @@ def test_the_cluster_path_reads_and_writes_only_s3(demo, s3_server, tmp_path) ->
     as in a cluster (no local path is shared between the steps there)."""
     from srs_core.emotion.anchors import build_anchors
     from srs_core.emotion.teacher import train_teacher
-    from srs_core.sentiment import run_sentiment
+    from srs_core.sentiment.run import run_sentiment
 
     data = store.join(s3_server, "data")
     store.copy_tree(str(demo), data)

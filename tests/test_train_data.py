@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from srs_core import store
+from srs_core.data.dataset import ResumableSampler, SrsDataset, make_collate
+from srs_core.data.examples import load_examples
 from srs_core.data.report import Report
 from srs_core.data.sticker_cache import PAD_ROW, build_sticker_cache, load_sticker_cache
-from srs_core.data.stickerchat import iter_dialogs, load_sticker, read_sticker_set
+from srs_core.data.sticker_sets import load_sticker, read_sticker_set
+from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
 from srs_core.errors import DataError
-from srs_core.train.data import ResumableSampler, SrsDataset, load_examples, make_collate
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Each module of this package registers one command group through ``register(subparsers)``;
 packages outside `srs_core` (the KFP pipelines) plug in through the ``srs.commands`` entry
-point group so that the library never imports them.
+point group so that the library never imports them; they print results with
+:func:`print_json`, as the groups here do.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
 import logging
 import os
 import pkgutil
 import sys
 from importlib.metadata import entry_points
+from typing import Any
 
 from srs_core import __version__
 from srs_core.errors import ConfigError, SrsError
@@ -22,6 +25,12 @@ from srs_core.process import die_with_parent
 
 log = logging.getLogger("srs")
 DEBUG_ENV = "SRS_DEBUG"
+
+
+def print_json(payload: Any) -> None:
+    """A command's result on stdout as indented JSON (logs go to stderr)."""
+    json.dump(payload, sys.stdout, indent=2, ensure_ascii=False, sort_keys=False)
+    sys.stdout.write("\n")
 
 
 def _command_groups():

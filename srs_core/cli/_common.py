@@ -1,11 +1,8 @@
-"""Helpers shared by the command groups: config arguments and JSON output."""
+"""Config arguments shared by the command groups (`print_json` is public: `srs_core.cli`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from typing import Any
 
 from srs_core.config import Config, load_config
 
@@ -21,8 +18,3 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides, preset=args.preset)
-
-
-def print_json(payload: Any) -> None:
-    json.dump(payload, sys.stdout, indent=2, ensure_ascii=False, sort_keys=False)
-    sys.stdout.write("\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from srs_core.cli._common import print_json
+from srs_core.cli import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,13 +67,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from srs_core.artifacts import DataRoots
     from srs_core.data.synth import synthesize
 
     manifest = synthesize(args.out, seed=args.seed, dialogs=args.dialogs, sets=args.sets,
                           images=args.images, image_size=args.image_size, progress=True)
+    roots = DataRoots(args.out)
     sys.stdout.write(
-        f"wrote {args.out}/stickerchat ({len(manifest['sets'])} sets, dialogs "
-        f"{manifest['dialogs']}) and {args.out}/ser30k (images {manifest['ser30k_images']})\n"
+        f"wrote {roots.stickerchat} ({len(manifest['sets'])} sets, dialogs "
+        f"{manifest['dialogs']}) and {roots.ser30k} (images {manifest['ser30k_images']})\n"
     )
     return 0
 

@@ -14,8 +14,9 @@ import argparse
 import os
 import sys
 
-from srs_core.cli._common import print_json
+from srs_core.cli import print_json
 from srs_core.errors import ConfigError
+from srs_core.store.s3_config import SECRET_NAME
 
 
 def _spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,8 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
         help="node selector label (repeatable)")
     add("--toleration", action="append", default=[], metavar="KEY[=VALUE][:EFFECT]",
         help="toleration, kubectl-taint syntax (repeatable)")
-    add("--secret", dest="secret_name", help="Secret with SRS_S3_* keys (default srs-minio)")
+    add("--secret", dest="secret_name",
+        help=f"Secret with SRS_S3_* keys (default {SECRET_NAME})")
     add("--service-account", help="ServiceAccount of the pods (default srs-trainer)")
     add("--nccl-socket-ifname", help="NCCL_SOCKET_IFNAME, e.g. eth0")
     add("--checkpoint", dest="checkpoint_uri", metavar="URI",

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 
-from srs_core.cli._common import print_json
+from srs_core.cli import print_json
 from srs_core.errors import ConfigError
 
 

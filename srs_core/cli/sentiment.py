@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from srs_core.cli._common import print_json
+from srs_core.cli import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from srs_core.sentiment import CHUNK_SIZE, run_sentiment
+    from srs_core.sentiment.run import CHUNK_SIZE, run_sentiment
 
     print_json(run_sentiment(args.dialogs, args.out, workers=args.workers,
                              chunk_size=args.chunk_size or CHUNK_SIZE, strict=args.strict))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from srs_core.cli._common import add_config_arguments, config_from_args, print_json
+from srs_core.cli import print_json
+from srs_core.cli._common import add_config_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

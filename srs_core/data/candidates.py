@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from srs_core.config import NUM_CANDIDATES
 from srs_core.data.report import DataProblem
+
+NUM_CANDIDATES = 10  # the answer and nine other stickers of its set, per dialog
 
 
 def build_candidates(

@@ -1,7 +1,7 @@
 """Procedural sticker images for the demo data: emotion -> colour and face, identity -> shape.
 
 Every sticker is a coloured shape with a face on a patterned background:
-- the *emotion* (0..6, class order of ``config.EMOTIONS``) sets the fill colour and the mouth
+- the *emotion* (0..6, class order of ``data.ser30k.EMOTIONS``) sets the fill colour and the mouth
   (and the eyes/brows of Fear and Anger), so an image classifier can learn it;
 - the *shape* (0..7, :data:`SHAPES`) is the sticker's identity inside its set;
 - the *style* (background tint and pattern) is shared by one sticker set or SER30K topic.

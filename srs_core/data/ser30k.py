@@ -6,7 +6,8 @@ Layout under a root URI::
                                                      "anno": 1..7, "text"}, ...]}
     Images/<topic>/<file_name>                      jpg/png, any mode
 
-Labels are ``anno - 1`` in the class order of ``srs_core.config.EMOTIONS``.
+Labels are ``anno - 1`` in the class order of :data:`EMOTIONS`, SER30K's seven classes, which
+the teacher, the anchors, the emotion loss and the library all use.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from srs_core import store
-from srs_core.config import EMOTIONS
 from srs_core.data import files
 from srs_core.data.images import decode_image
 from srs_core.data.report import DataProblem, Report
@@ -28,6 +28,10 @@ from srs_core.errors import DataError, StoreError, StoreNotFound
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+EMOTIONS = ("Surprise", "Happiness", "Disgust", "Fear", "Sadness", "Anger", "Neutral")
+# Indices into EMOTIONS by polarity (Neutral is neither), for the emotion-polarity loss.
+POSITIVE_EMOTIONS = (0, 1)
+NEGATIVE_EMOTIONS = (2, 3, 4, 5)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,10 @@ import numpy as np
 from PIL import Image
 
 from srs_core import store
+from srs_core.data.candidates import build_candidates
+from srs_core.data.images import GRAY
 from srs_core.data.report import Report
-from srs_core.data.stickerchat import GRAY, build_candidates, load_sticker, read_sticker_set
+from srs_core.data.sticker_sets import load_sticker, read_sticker_set
 from srs_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,43 @@ def _decode_extras(
     return found, missing
 
 
+def _read_orders(root: str, wanted: list[int], report: Report,
+                 skipped: dict[str, str]) -> dict[int, list[int]]:
+    """Each readable set's sticker order; unreadable sets go to ``skipped`` with the reason."""
+    orders: dict[int, list[int]] = {}
+    for set_id in wanted:
+        try:
+            orders[set_id] = read_sticker_set(root, set_id)
+        except DataError as exc:
+            report.add("unknown_set", f"npy_stickers/{set_id}", str(exc))
+            skipped[str(set_id)] = str(exc)
+    return orders
+
+
+def _decode_sets(root: str, orders: dict[int, list[int]], offsets: dict[int, int],
+                 images: np.ndarray, workers: int, report: Report,
+                 skipped: dict[str, str]) -> None:
+    """Decode every set into its rows of ``images`` in parallel; a set with a broken sticker
+    is dropped from ``orders``/``offsets`` and recorded in ``skipped``."""
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        jobs = {
+            set_id: pool.submit(
+                _decode_set, root, set_id, order,
+                images[offsets[set_id]:offsets[set_id] + len(order)],
+            )
+            for set_id, order in orders.items()
+        }
+        for set_id, job in tqdm(jobs.items(), unit="set", desc="sticker cache"):
+            problems = job.result()
+            for problem, detail in problems:
+                report.add(problem, f"npy_stickers/{set_id}", detail)
+            if problems:
+                skipped[str(set_id)] = problems[0][1]
+                del orders[set_id], offsets[set_id]
+
+
 def build_sticker_cache(
     stickerchat_root: str,
     set_ids: Iterable[int],
@@ -177,55 +216,31 @@ def build_sticker_cache(
     the authors' protocol. Memory stays bounded: images are decoded straight into a
     memory-mapped file.
     """
-    from tqdm import tqdm
-
     wanted = sorted(set(set_ids))
     answers = set(answers)
     if _cache_is_current(cache_uri, stickerchat_root, image_size, wanted, answers):
         log.info("reusing sticker cache %s", cache_uri)
         return load_sticker_cache(cache_uri)
     report = report if report is not None else Report()
-    orders: dict[int, list[int]] = {}
     skipped: dict[str, str] = {}
-    for set_id in wanted:
-        try:
-            orders[set_id] = read_sticker_set(stickerchat_root, set_id)
-        except DataError as exc:
-            report.add("unknown_set", f"npy_stickers/{set_id}", str(exc))
-            skipped[str(set_id)] = str(exc)
-    offsets, row = {}, 1
-    for set_id, order in orders.items():
-        offsets[set_id], row = row, row + len(order)
+    orders = _read_orders(stickerchat_root, wanted, report, skipped)
     if len(orders) == 0:
         raise DataError(f"no usable sticker set under {stickerchat_root}/npy_stickers")
+    starts = np.cumsum([1] + [len(order) for order in orders.values()]).tolist()
+    offsets = dict(zip(orders, starts[:-1], strict=True))  # row 0 is the gray padding
+    row = starts[-1]
     extra_images, extras_missing = _decode_extras(stickerchat_root, answers, orders, report)
-    extras = []
-    for set_id, sticker_id, _ in extra_images:
-        extras.append([set_id, sticker_id, row])
-        row += 1
+    extras = [[set_id, sticker_id, row + i]
+              for i, (set_id, sticker_id, _) in enumerate(extra_images)]
+    row += len(extras)
     with tempfile.TemporaryDirectory(dir=store.cache_root()) as tmp:
         local = Path(tmp) / "stickers.npy"
-        images = np.lib.format.open_memmap(
-            local, mode="w+", dtype=np.uint8, shape=(row, image_size, image_size, 3)
-        )
+        images = np.lib.format.open_memmap(local, mode="w+", dtype=np.uint8,
+                                           shape=(row, image_size, image_size, 3))
         images[PAD_ROW] = GRAY
         for (*_, extra_row), (*_, image) in zip(extras, extra_images, strict=True):
             images[extra_row] = resize_square(image, image_size)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            jobs = {
-                set_id: pool.submit(
-                    _decode_set, stickerchat_root, set_id, order,
-                    images[offsets[set_id]:offsets[set_id] + len(order)],
-                )
-                for set_id, order in orders.items()
-            }
-            for set_id, job in tqdm(jobs.items(), unit="set", desc="sticker cache"):
-                problems = job.result()
-                for problem, detail in problems:
-                    report.add(problem, f"npy_stickers/{set_id}", detail)
-                if problems:
-                    skipped[str(set_id)] = problems[0][1]
-                    del orders[set_id], offsets[set_id]
+        _decode_sets(stickerchat_root, orders, offsets, images, workers, report, skipped)
         images.flush()
         del images
         if not orders:

@@ -22,21 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-import numpy as np
-
 from srs_core import store
-from srs_core.config import NUM_CANDIDATES
 from srs_core.data import files
-from srs_core.data.candidates import build_candidates
-from srs_core.data.images import GRAY, decode_npy, gray_image
 from srs_core.data.report import DataProblem, Report
 from srs_core.errors import DataError, StoreNotFound
-
-__all__ = [
-    "GRAY", "SPLITS", "Dialog", "StickerSets", "Utterance", "build_candidates", "dialog_uri",
-    "gray_image", "iter_candidates", "iter_dialogs", "load_sticker", "mapping_uri",
-    "read_sticker_mapping", "read_sticker_set", "sticker_uri", "utterance_text",
-]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +218,33 @@ class _Utf8Check:
         return True
 
 
+def _dialog_of(raw: bytes, number: int, where: str, line_offset: int, check: _Utf8Check,
+               report: Report) -> Dialog | None:
+    """The dialog on one line, or None with the problem counted in ``report``."""
+    raw = raw.rstrip(b"\r")
+    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is not data
+    if not raw.strip():
+        report.add("blank_line", where, skipped=False)
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        check.bad(where, exc, line_offset)
+        return None
+    check.good(raw)
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
+        report.add("bad_json", where, str(exc))
+        return None
+    try:
+        return _parse_dialog(record, number)
+    except _Bad as bad:
+        report.add(bad.problem, where, bad.detail)
+        return None
+
+
 def iter_dialogs(
     root: str,
     split: str,
@@ -241,8 +257,7 @@ def iter_dialogs(
     With ``strict`` (or a strict report) the first bad line raises :class:`DataProblem`.
     Without a report, skips are logged as a warning at the end. ``limit`` > 0 stops after
     that many dialogs. A file that cannot be read, is not UTF-8 or holds no usable dialog is
-    one problem of the file (``unreadable_file``, ``not_utf8``, ``empty_input``), logged as a
-    warning too.
+    one problem of the file (``unreadable_file``, ``not_utf8``, ``empty_input``), logged too.
     """
     uri = dialog_uri(root, split)
     own_report = report is None
@@ -275,27 +290,8 @@ def iter_dialogs(
                         log.warning("%s: %s", uri, detail)
                         report.add("not_utf8", uri, detail, skipped=lines)
                         return
-                raw = raw.rstrip(b"\r")
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte-order mark is not data
-                if not raw.strip():
-                    report.add("blank_line", where, skipped=False)
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    check.bad(where, exc, line_offset)
-                    continue
-                check.good(raw)
-                try:
-                    record = json.loads(text)
-                except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
-                    report.add("bad_json", where, str(exc))
-                    continue
-                try:
-                    dialog = _parse_dialog(record, number)
-                except _Bad as bad:
-                    report.add(bad.problem, where, bad.detail)
+                dialog = _dialog_of(raw, number, where, line_offset, check, report)
+                if dialog is None:
                     continue
                 yield dialog
                 produced += 1
@@ -309,129 +305,3 @@ def iter_dialogs(
     finally:
         if own_report and report.counts:
             log.warning("%s: skipped %d line(s): %s", uri, report.skipped, dict(report.counts))
-
-
-# ----------------------------------------------------------------------------- sticker sets
-
-
-def read_sticker_mapping(
-    root: str, set_id: int, report: Report | None = None
-) -> list[tuple[int, str]]:
-    """``(sticker_id, emoji)`` pairs in set order; bad lines raise unless a report counts them."""
-    uri = mapping_uri(root, set_id)
-    try:
-        data = files.read_data(root, uri)  # DataProblem: unreadable, or outside the root
-    except StoreNotFound:
-        raise DataProblem("unknown_set", uri, f"set {set_id} has no emoji_mapping.txt") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        detail = files.describe_encoding(data[:64], exc.start)
-        raise DataProblem("not_utf8", uri, detail) from None
-    pairs: list[tuple[int, str]] = []
-    seen: set[int] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue  # trailing blank lines are common and carry nothing
-        head, tab, emoji = line.strip().partition("\t")
-        if not tab:
-            head, _, emoji = head.partition(" ")
-        problem = None
-        if not _INT_TEXT.fullmatch(head.strip()):
-            problem = DataProblem("bad_mapping_line", f"{uri}:{number}", f"{line[:60]!r}")
-        elif int(head) in seen:
-            problem = DataProblem("duplicate_sticker", f"{uri}:{number}", f"{head} listed twice")
-        if problem is not None:
-            if report is None and problem.problem == "bad_mapping_line":
-                raise problem
-            if report is not None:
-                report.add_error(problem, skipped=False)
-            continue
-        seen.add(int(head))
-        pairs.append((int(head), emoji.strip()))
-    return pairs
-
-
-def read_sticker_set(root: str, set_id: int) -> list[int]:
-    """Sticker ids of a set in ``emoji_mapping.txt`` order (the candidates' order)."""
-    return [sticker for sticker, _ in read_sticker_mapping(root, set_id)]
-
-
-def load_sticker(root: str, set_id: int, sticker_id: int) -> np.ndarray:
-    """One sticker image as ``[H, W, 3] uint8``; DataProblem names the file when it fails."""
-    uri = sticker_uri(root, set_id, sticker_id)
-    try:
-        data = files.read_data(root, uri)  # DataProblem: unreadable, or outside the root
-    except StoreNotFound:
-        raise DataProblem("npy_missing", uri, "sticker file not found") from None
-    return decode_npy(data, uri)
-
-
-class StickerSets:
-    """Set orders of one StickerChat root, each read once; unknown or unreadable sets too."""
-
-    def __init__(self, root: str, report: Report | None = None) -> None:
-        self.root = root
-        self.report = report
-        self._orders: dict[int, list[int] | None] = {}
-        self._problems: dict[int, DataProblem] = {}
-
-    def order(self, set_id: int) -> list[int] | None:
-        """The set's sticker order, or None when the set is missing or unreadable."""
-        if set_id not in self._orders:
-            try:
-                pairs = read_sticker_mapping(self.root, set_id, report=self.report)
-                self._orders[set_id] = [sticker for sticker, _ in pairs]
-            except DataProblem as problem:
-                if self.report is None:
-                    raise
-                if problem.problem != "unknown_set":
-                    self.report.add_error(problem, skipped=False)  # once per set
-                self._orders[set_id], self._problems[set_id] = None, problem
-        return self._orders[set_id]
-
-    def orders(self) -> dict[int, list[int] | None]:
-        """Every set looked up so far (None: missing or unreadable)."""
-        return dict(self._orders)
-
-    def candidates(
-        self, dialog: Dialog, where: str, report: Report, n: int = NUM_CANDIDATES
-    ) -> list[int | None] | None:
-        """The dialog's candidates, or None (counted in ``report``) when it must be skipped."""
-        set_id = dialog.sticker_set_id
-        order = self.order(set_id)
-        if order is None:
-            problem = self._problems.get(set_id)
-            if problem is None or problem.problem == "unknown_set":
-                report.add("unknown_set", where, f"set {set_id} not in npy_stickers/")
-            else:
-                report.add("bad_set", where, f"set {set_id}: {problem.problem} in its mapping")
-            return None
-        if dialog.sticker_id not in order:
-            detail = f"sticker {dialog.sticker_id} not in set {set_id}"
-            report.add("sticker_not_in_set", where, detail)
-            return None
-        return build_candidates(dialog.sticker_id, order, n)
-
-
-def iter_candidates(
-    root: str,
-    split: str,
-    report: Report | None = None,
-    strict: bool = False,
-    limit: int = 0,
-    n: int = NUM_CANDIDATES,
-) -> Iterator[tuple[Dialog, list[int | None]]]:
-    """Stream ``(dialog, candidates)``; dialogs whose set or sticker is missing are counted."""
-    own_report = report is None
-    report = Report(strict=strict) if report is None else report
-    sets = StickerSets(root, report)
-    uri = dialog_uri(root, split)
-    try:
-        for dialog in iter_dialogs(root, split, report=report, strict=strict, limit=limit):
-            candidates = sets.candidates(dialog, f"{uri}:{dialog.line}", report, n)
-            if candidates is not None:
-                yield dialog, candidates
-    finally:
-        if own_report and report.counts:
-            log.warning("%s: skipped %d dialog(s): %s", uri, report.skipped, dict(report.counts))

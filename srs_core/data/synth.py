@@ -31,13 +31,14 @@ from typing import IO, Any
 import numpy as np
 
 from srs_core import store
-from srs_core.config import EMOTIONS
+from srs_core.artifacts import DataRoots
 from srs_core.data.drawing import SHAPES, Style, draw_sticker, random_style, round_alpha
+from srs_core.data.ser30k import EMOTIONS
 from srs_core.data.stickerchat import SPLITS, dialog_uri, mapping_uri, sticker_uri
 
 log = logging.getLogger(__name__)
 
-# Words per emotion class (config.EMOTIONS order); cnsenti counts all but Neutral's with the
+# Words per emotion class (EMOTIONS order); cnsenti counts all but Neutral's with the
 # class's polarity (Surprise is positive in this project, DESIGN.md section 2).
 EMOTION_WORDS: tuple[tuple[str, ...], ...] = (
     ("惊喜", "惊奇", "奇妙", "不可思议", "好奇"),
@@ -251,7 +252,8 @@ def synthesize(
     """
     if dialogs < 1 or sets < 1 or images < 1:
         raise ValueError("dialogs, sets and images must be positive")
-    stickerchat, ser30k = store.join(out_dir, "stickerchat"), store.join(out_dir, "ser30k")
+    roots = DataRoots(out_dir)
+    stickerchat, ser30k = roots.stickerchat, roots.ser30k
     layouts = write_stickerchat(stickerchat, seed, dialogs, sets, image_size, progress)
     ser30k_sizes = write_ser30k(ser30k, seed, images, image_size, progress)
     manifest = {

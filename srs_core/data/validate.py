@@ -30,9 +30,10 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from srs_core.config import EMOTIONS
-from srs_core.data import files, ser30k, stickerchat
+from srs_core.data import files, ser30k, sticker_sets, stickerchat
+from srs_core.data.candidates import build_candidates
 from srs_core.data.report import DataProblem, Report
+from srs_core.data.ser30k import EMOTIONS
 from srs_core.errors import DataError
 
 T = TypeVar("T")
@@ -106,7 +107,7 @@ class ValidationResult:
 def _check_sticker(root: str) -> Callable[[tuple[int, int]], DataProblem | str]:
     def check(key: tuple[int, int]) -> DataProblem | str:
         try:
-            pixels = stickerchat.load_sticker(root, *key)
+            pixels = sticker_sets.load_sticker(root, *key)
         except DataProblem as problem:
             return problem
         return f"{pixels.shape[0]}x{pixels.shape[1]}"
@@ -114,11 +115,23 @@ def _check_sticker(root: str) -> Callable[[tuple[int, int]], DataProblem | str]:
     return check
 
 
+def _check_set_sizes(root: str, known: dict[int, list[int]], report: Report) -> None:
+    """Empty sets are problems; sets under 10 stickers are noted (gray padding)."""
+    for set_id, order in known.items():
+        where = stickerchat.mapping_uri(root, set_id)
+        if not order:
+            report.add("empty_set", where, "emoji_mapping.txt lists no stickers")
+        elif len(order) < 10:
+            report.add("small_set", where, f"{len(order)} stickers: candidates padded with gray",
+                       skipped=False)
+
+
+
 def validate_stickerchat(
     root: str, report: Report, workers: int = 8, progress: bool = True
 ) -> dict[str, Any]:
     """Check the three release files, the referenced sets and their sticker files."""
-    sets = stickerchat.StickerSets(root, report)
+    sets = sticker_sets.StickerSets(root, report)
     answers: dict[str, Counter] = {}
     parsed: dict[str, int] = {}
     for split in stickerchat.SPLITS:
@@ -136,14 +149,7 @@ def validate_stickerchat(
                 answers[split][(dialog.sticker_set_id, dialog.sticker_id)] += 1
 
     known = {set_id: order for set_id, order in sets.orders().items() if order is not None}
-    for set_id, order in known.items():
-        where = stickerchat.mapping_uri(root, set_id)
-        if not order:
-            report.add("empty_set", where, "emoji_mapping.txt lists no stickers")
-        elif len(order) < 10:
-            report.add("small_set", where, f"{len(order)} stickers: candidates padded with gray",
-                       skipped=False)
-
+    _check_set_sizes(root, known, report)
     keys = [(set_id, sticker) for set_id, order in known.items() for sticker in order]
     bad: set[tuple[int, int]] = set()
     sizes: Counter = Counter()
@@ -160,7 +166,7 @@ def validate_stickerchat(
     for split in stickerchat.SPLITS:
         usable = broken = 0
         for (set_id, sticker), count in answers[split].items():
-            candidates = stickerchat.build_candidates(sticker, known[set_id])
+            candidates = build_candidates(sticker, known[set_id])
             if any((set_id, c) in bad for c in candidates if c is not None):
                 broken += count  # already reported once, as the sticker file's problem
             else:

@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from srs_core import store
-from srs_core.config import EMOTIONS
 from srs_core.data.report import Report
+from srs_core.data.ser30k import EMOTIONS
 from srs_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def build_anchors(
     """
     from srs_core.emotion.features import teacher_features
     from srs_core.emotion.teacher import load_teacher
-    from srs_core.train.distributed import select_device
+    from srs_core.runtime.device import select_device
 
     if not teacher_uri:
         raise ConfigError("no teacher weights given: pass --teacher URI (teacher.pth from "

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from srs_core.data.report import Report
 from srs_core.data.ser30k import Ser30kItem
 from srs_core.emotion.images import Ser30kImages, load_split, local_root
-from srs_core.train.distributed import autocast_context
+from srs_core.runtime.precision import autocast_context
 
 log = logging.getLogger(__name__)
 

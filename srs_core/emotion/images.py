@@ -16,14 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
 from srs_core import store
-from srs_core.config import EMOTIONS
 from srs_core.data.report import DataProblem, Report
-from srs_core.data.ser30k import Ser30kItem, load_image, read_annotations
+from srs_core.data.ser30k import EMOTIONS, Ser30kItem, load_image, read_annotations
 from srs_core.data.sticker_cache import resize_square
+from srs_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from srs_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def local_root(ser30k_uri: str) -> str:
 
 def _normalise() -> list:
     return [v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
 def train_transform(size: int) -> v2.Compose:

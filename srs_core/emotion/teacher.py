@@ -16,21 +16,21 @@ weights, e.g. ImageNet) or from random initialisation.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from srs_core import store
-from srs_core.config import EMOTIONS, Config
+from srs_core.artifacts import TeacherOutputs
+from srs_core.config import Config
 from srs_core.data.report import Report
-from srs_core.data.ser30k import SPLITS, annotations_uri
+from srs_core.data.ser30k import EMOTIONS, SPLITS, annotations_uri
 from srs_core.emotion.images import (
     Ser30kImages,
     class_counts,
@@ -38,26 +38,29 @@ from srs_core.emotion.images import (
     local_root,
     require_every_class,
 )
+from srs_core.emotion.metrics import NUM_CLASSES, classification_metrics, predict
 from srs_core.errors import ConfigError, DataError
-from srs_core.runlock import RunLock
-from srs_core.train.checkpoint import CheckpointManager, load_torch, save_torch
-from srs_core.train.distributed import (
-    all_reduce_sum,
-    autocast_context,
-    barrier,
-    init_distributed,
+from srs_core.model import param_groups
+from srs_core.runtime.checkpoint import CheckpointManager, load_torch, save_torch
+from srs_core.runtime.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from srs_core.runtime.precision import autocast_context
+from srs_core.runtime.schedule import cosine_with_warmup
+from srs_core.runtime.trainer import (
+    TrainState,
+    build_optimizer,
+    keep_best,
+    resume,
+    run_lock,
+    save_checkpoint,
+    wrap_ddp,
 )
-from srs_core.train.schedule import cosine_with_warmup
 
 log = logging.getLogger(__name__)
 
 ARCHITECTURE = "resnet50"
-NUM_CLASSES = len(EMOTIONS)
 FEATURE_DIM = 2048
 WARMUP_FRACTION = 0.05  # of all optimizer steps
 MIN_LR_RATIO = 0.01
-# Test hook: raise right after the checkpoint of this (1-based) epoch, as a kill would.
-FAIL_AFTER_EPOCH_ENV = "SRS_TEACHER_FAIL_AFTER_EPOCH"
 
 
 def create_teacher_model(num_classes: int = NUM_CLASSES) -> torch.nn.Module:
@@ -158,63 +161,7 @@ def emotion_targets(
     return logits.view(*images.shape[:2], -1)
 
 
-# ----------------------------------------------------------------------------- metrics
-
-
-def classification_metrics(
-    labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES
-) -> dict[str, Any]:
-    """Accuracy, macro-F1 (over classes present in ``labels``), per-class accuracy, confusion.
-
-    ``confusion[t][p]`` counts items of true class ``t`` predicted as ``p``; a class without
-    items has per-class accuracy ``None``.
-    """
-    labels, predictions = np.asarray(labels, int), np.asarray(predictions, int)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
-    support = confusion.sum(axis=1)
-    true_positive = np.diag(confusion)
-    predicted = confusion.sum(axis=0)
-    f1 = [2 * true_positive[c] / (support[c] + predicted[c]) for c in range(num_classes)
-          if support[c] > 0]
-    return {
-        "count": int(len(labels)),
-        "accuracy": float(true_positive.sum() / max(1, len(labels))),
-        "macro_f1": float(np.mean(f1)) if f1 else 0.0,
-        "per_class_accuracy": {
-            EMOTIONS[c] if num_classes == NUM_CLASSES else str(c):
-                (float(true_positive[c] / support[c]) if support[c] else None)
-            for c in range(num_classes)
-        },
-        "confusion": confusion.tolist(),
-    }
-
-
-@torch.no_grad()
-def predict(model, loader, device: torch.device, precision: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and predicted classes of every item of ``loader``."""
-    model.eval()
-    labels, predictions = [], []
-    for images, targets in loader:
-        with autocast_context(device, precision):
-            logits = model(images.to(device, non_blocking=True))
-        predictions.append(logits.argmax(dim=1).cpu())
-        labels.append(targets)
-    if not labels:
-        return np.zeros(0, int), np.zeros(0, int)
-    return torch.cat(labels).numpy(), torch.cat(predictions).numpy()
-
-
 # ----------------------------------------------------------------------------- training
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation weights (1-d tensors)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _train_epoch(model, loader, optimizer, scheduler, device, precision) -> dict[str, float]:
@@ -248,112 +195,148 @@ def _loader(dataset, cfg: Config, device, sampler=None, shuffle_drop: bool = Fal
     )
 
 
-def train_teacher(cfg: Config, out_uri: str, init_uri: str = "") -> dict[str, Any]:
+@dataclass
+class TeacherState(TrainState):
+    """Where a teacher run stands; these are the keys of its ``latest.pt`` besides the model,
+    optimizer and scheduler."""
+
+    epoch: int = 0  # epochs done
+    best_accuracy: float = -1.0
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one record per epoch (rank 0's)
+
+
+def train_teacher(
+    cfg: Config, out_uri: str, init_uri: str = "", *,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) the teacher on ``cfg.emotion.ser30k``; returns ``metrics.json``'s content.
 
     The best epoch is chosen by validation accuracy; the test split is scored once, at the end.
     Rank 0 holds ``out_uri``'s run lock: a second run on the same output is refused.
+    ``on_epoch_end(epoch)`` is called on every rank once epoch ``epoch`` (1-based) is
+    checkpointed: to report progress, or to stop the run there (an exception it raises ends
+    the run as a kill would, and running again resumes after that epoch).
     """
     dist = init_distributed()
-    lock = RunLock(out_uri, "srs emotion train") if dist.is_master else contextlib.nullcontext()
-    with lock:
-        return _train_teacher(cfg, out_uri, init_uri, dist)
+    with run_lock(dist, out_uri, "srs emotion train"):
+        return _train_teacher(cfg, TeacherOutputs(out_uri), init_uri, dist, on_epoch_end)
 
 
-def _train_teacher(cfg: Config, out_uri: str, init_uri: str, dist) -> dict[str, Any]:
-    e = cfg.emotion
-    started = time.time()
-    device = dist.device
-    report = Report()
+def _load_items(ser30k: str, dist: DistInfo, report: Report) -> tuple[str, dict[str, list]]:
+    """The local SER30K root and every split's usable items (train covers every class)."""
     if dist.is_master:
-        local_root(e.ser30k)  # one rank downloads an s3:// tree, the others find it cached
+        local_root(ser30k)  # one rank downloads an s3:// tree, the others find it cached
     barrier()
-    root = local_root(e.ser30k)
-    items = {split: load_split(e.ser30k, root, split, report) for split in SPLITS}
-    require_every_class(items["train"], annotations_uri(e.ser30k, "train"))
+    root = local_root(ser30k)
+    items = {split: load_split(ser30k, root, split, report) for split in SPLITS}
+    require_every_class(items["train"], annotations_uri(ser30k, "train"))
     if not items["val"]:
-        raise DataError(f"{annotations_uri(e.ser30k, 'val')}: no usable validation images; "
+        raise DataError(f"{annotations_uri(ser30k, 'val')}: no usable validation images; "
                         "the best epoch is chosen on the validation split")
+    return root, items
 
-    torch.manual_seed(e.seed)  # identical initial weights on every rank
+
+def _build_model(seed: int, init_uri: str,
+                 device: torch.device) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The classifier to train (from ``init_uri`` when given) and its init report."""
+    torch.manual_seed(seed)  # identical initial weights on every rank
     model = create_teacher_model()
     init_report = load_init_weights(model, init_uri) if init_uri else None
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    trained = model
-    if dist.world_size > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, init_report
 
+
+def _loaders(cfg: Config, root: str, items: dict[str, list], dist: DistInfo):
+    """This rank's shuffled shard of train (its sampler and loader) and the validation loader."""
+    e, device = cfg.emotion, dist.device
     train_set = Ser30kImages(root, items["train"], e.image_size, train=True)
     sampler = torch.utils.data.DistributedSampler(
         train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=e.seed)
     # drop a ragged last batch (BatchNorm and step sizes) unless it is the only one
     loader = _loader(train_set, cfg, device, sampler, shuffle_drop=len(sampler) > e.batch_size)
     val_loader = _loader(Ser30kImages(root, items["val"], e.image_size, train=False), cfg, device)
+    return sampler, loader, val_loader
+
+
+def _log_epoch(record: dict[str, Any], epochs: int) -> None:
+    log.info("teacher epoch %d/%d: loss %.4f train acc %.3f val acc %.3f", record["epoch"],
+             epochs, record["train_loss"], record["train_accuracy"], record["val_accuracy"])
+
+
+def _score_best(cfg: Config, model: torch.nn.Module, best_uri: str, root: str,
+                items: dict[str, list], best_epoch: int, outputs: TeacherOutputs) -> dict[str, Any]:
+    """Load the best epoch's weights into ``model``, score val and test, write
+    ``teacher.pth``; returns the metrics."""
+    e, device = cfg.emotion, next(model.parameters()).device
+    model.load_state_dict(load_torch(best_uri))
+    metrics: dict[str, Any] = {"classes": list(EMOTIONS), "best_epoch": best_epoch,
+                               "epochs": e.epochs}
+    for split in ("val", "test"):
+        dataset = Ser30kImages(root, items[split], e.image_size, train=False)
+        metrics[split] = classification_metrics(
+            *predict(model, _loader(dataset, cfg, device), device, e.precision))
+    save_torch(backbone_state_dict(model), outputs.weights)
+    return metrics
+
+
+def _train_teacher(cfg: Config, outputs: TeacherOutputs, init_uri: str, dist: DistInfo,
+                   on_epoch_end: Callable[[int], None] | None) -> dict[str, Any]:
+    e, device, started, report = cfg.emotion, dist.device, time.time(), Report()
+    root, items = _load_items(e.ser30k, dist, report)
+    model, init_report = _build_model(e.seed, init_uri, device)
+    trained = wrap_ddp(model, dist)
+    sampler, loader, val_loader = _loaders(cfg, root, items, dist)
     total_steps = max(1, len(loader) * e.epochs)
-    optimizer = torch.optim.AdamW(_param_groups(model, e.weight_decay), lr=e.lr)
+    optimizer = build_optimizer(param_groups(model, e.weight_decay), lr=e.lr)
     scheduler = cosine_with_warmup(optimizer, round(WARMUP_FRACTION * total_steps), total_steps,
                                    MIN_LR_RATIO)
 
-    checkpoints = CheckpointManager(store.join(out_uri, "checkpoints"))
-    best_uri = checkpoints.uri("best.pt")
-    epoch, best_accuracy, best_epoch, history = 0, -1.0, 0, []
-    state = checkpoints.latest()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch, best_accuracy = state["epoch"], state["best_accuracy"]
-        best_epoch, history = state["best_epoch"], state["history"]
-        log.info("teacher: resuming after epoch %d of %d", epoch, e.epochs)
+    checkpoints = CheckpointManager(outputs.checkpoints)
+    best_uri = checkpoints.uri("best.pt")  # the best epoch's whole model, classifier included
+    state = TeacherState()
+    if resume(checkpoints, state, model=model, optimizer=optimizer, scheduler=scheduler):
+        log.info("teacher: resuming after epoch %d of %d", state.epoch, e.epochs)
 
-    while epoch < e.epochs:
-        sampler.set_epoch(epoch)
+    def save_best(_: dict) -> None:
+        state.best_epoch = state.epoch
+        save_torch(model.state_dict(), best_uri)
+
+    while state.epoch < e.epochs:
+        sampler.set_epoch(state.epoch)
         # augmentation randomness depends only on (seed, epoch, rank): a resumed run repeats it
-        torch.manual_seed(e.seed * 100_003 + epoch * 1_009 + dist.rank)
-        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+        torch.manual_seed(e.seed * 100_003 + state.epoch * 1_009 + dist.rank)
+        record = {"epoch": state.epoch + 1, "lr": scheduler.get_last_lr()[0]}
         record.update(_train_epoch(trained, loader, optimizer, scheduler, device, e.precision))
-        epoch += 1
-        if dist.is_master:
-            val = classification_metrics(*predict(model, val_loader, device, e.precision))
+        state.epoch += 1
+        val, state.best_accuracy = keep_best(
+            dist.is_master, state.best_accuracy,
+            lambda: classification_metrics(*predict(model, val_loader, device, e.precision)),
+            "accuracy", save_best)
+        if val is not None:  # rank 0
             record["val_accuracy"] = val["accuracy"]
-            if val["accuracy"] > best_accuracy:
-                best_accuracy, best_epoch = val["accuracy"], epoch
-                save_torch(model.state_dict(), best_uri)
-            history.append(record)
-            checkpoints.save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "best_accuracy": best_accuracy, "best_epoch": best_epoch, "history": history,
-            }, "latest.pt")
-            log.info("teacher epoch %d/%d: loss %.4f train acc %.3f val acc %.3f", epoch,
-                     e.epochs, record["train_loss"], record["train_accuracy"],
-                     record["val_accuracy"])
+            state.history.append(record)
+            save_checkpoint(checkpoints, state, model=model, optimizer=optimizer,
+                            scheduler=scheduler)
+            _log_epoch(record, e.epochs)
         barrier()
-        if os.environ.get(FAIL_AFTER_EPOCH_ENV) == str(epoch):
-            raise RuntimeError(f"{FAIL_AFTER_EPOCH_ENV}={epoch}: injected failure")
+        if on_epoch_end is not None:
+            on_epoch_end(state.epoch)
 
     metrics: dict[str, Any] = {}
     if dist.is_master:
-        model.load_state_dict(load_torch(best_uri))
-        metrics = {"classes": list(EMOTIONS), "best_epoch": best_epoch, "epochs": e.epochs}
-        for split in ("val", "test"):
-            dataset = Ser30kImages(root, items[split], e.image_size, train=False)
-            metrics[split] = classification_metrics(
-                *predict(model, _loader(dataset, cfg, device), device, e.precision))
-        save_torch(backbone_state_dict(model), store.join(out_uri, "teacher.pth"))
+        metrics = _score_best(cfg, model, best_uri, root, items, state.best_epoch, outputs)
         metrics.update({
-            "history": history, "images": {s: len(items[s]) for s in SPLITS},
+            "history": state.history, "images": {s: len(items[s]) for s in SPLITS},
             "train_class_counts": dict(zip(EMOTIONS, class_counts(items["train"]), strict=True)),
             "skipped": report.as_dict(), "init": init_report, "image_size": e.image_size,
             "world_size": dist.world_size, "device": str(device), "precision": e.precision,
-            "seconds": round(time.time() - started, 2),
-            "teacher": store.join(out_uri, "teacher.pth"),
+            "seconds": round(time.time() - started, 2), "teacher": outputs.weights,
         })
-        store.write_text(store.join(out_uri, "metrics.json"), json.dumps(metrics, indent=2))
-        log.info("teacher: best epoch %d, val acc %.4f, test acc %.4f", best_epoch,
+        store.write_text(outputs.metrics, json.dumps(metrics, indent=2))
+        log.info("teacher: best epoch %d, val acc %.4f, test acc %.4f", metrics["best_epoch"],
                  metrics["val"]["accuracy"], metrics["test"]["accuracy"])
     barrier()
     return metrics

@@ -15,20 +15,20 @@ from srs_core.launch.client import (
     JobLauncher,
     JobOutcome,
     PyTorchJobLauncher,
-    job_state,
-    kube_configuration,
     run_job,
     run_pytorchjob,
     step_owner,
 )
+from srs_core.launch.kube import job_state, kube_configuration
 from srs_core.launch.local import LocalResult, LocalTorchrun, run_local
+from srs_core.launch.parsing import parse_key_values, parse_toleration
 from srs_core.launch.pytorchjob import (
     build_pytorchjob,
     render_pytorchjob,
     render_yaml,
     validate_pytorchjob,
 )
-from srs_core.launch.spec import JobSpec, job_name, parse_key_values, parse_toleration
+from srs_core.launch.spec import JobSpec, job_name
 from srs_core.launch.trainjob import (
     build_runtime,
     build_trainjob,

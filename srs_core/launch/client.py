@@ -2,27 +2,18 @@
 
 One loop for every job kind: :class:`JobLauncher` takes a :class:`~.backend.Backend`
 (``pytorchjob``: Training Operator v1, ``trainjob``: Trainer v2) that renders the object and maps
-its status onto neutral states; everything else — adopt on retry, stream the rank-0 log, say
-why a job has not started, fail with every failed rank's exit code and last lines, timeouts,
-cancel on SIGTERM, cleanup — is written once here.
+its status onto neutral states; adopt on retry, log streaming, the watch (:mod:`.watch`), the
+explanation of a failure (:mod:`.explain`), cancel on SIGTERM and cleanup are written once.
 
-Every request to the API server is bounded: a connect and a read timeout of ``SRS_K8S_TIMEOUT``
-seconds (default 30), list calls also carry ``timeoutSeconds`` for the server, and the master's
-log stream is re-opened after a silent spell. So a hung or partitioned API server makes
-``run(timeout=T)`` end within about T plus one request timeout, with an error that says so.
-
-The calls go through the ``kubernetes`` client's CustomObjectsApi/CoreV1Api with
-``_request_timeout``; the ``kubeflow-training`` SDK supplies the job models only. Its
-TrainingClient cannot bound them: ``create_job``/``delete_job`` take no timeout, and ``get_job``
-only stops *waiting* while its request stays blocked in a thread pool that ``close()`` joins.
+Every request is bounded (:mod:`.kube`: ``SRS_K8S_TIMEOUT``), so a hung or partitioned API
+server makes ``run(timeout=T)`` end within about T plus one request timeout, saying so. The
+calls go through the ``kubernetes`` client with ``_request_timeout``; the ``kubeflow-training``
+SDK's TrainingClient cannot bound ``create_job``/``delete_job``, so it is not used for them.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import math
 import os
 import threading
 import time
@@ -33,10 +24,18 @@ from typing import Any
 from srs_core.errors import ConfigError, JobError
 from srs_core.launch._signals import cancel_on_sigterm
 from srs_core.launch.backend import Backend, JobStatus, get_backend
-from srs_core.launch.diagnose import PendingDiagnosis, ours
-from srs_core.launch.logs import LogFollower, list_limits
+from srs_core.launch.explain import explain_failure, pending_detail
+from srs_core.launch.kube import (
+    api_errors,
+    describe_api_error,
+    kube_configuration,
+    request_timeout_from_env,
+    status_code,
+)
+from srs_core.launch.logs import LogFollower
 from srs_core.launch.pytorchjob import API_VERSION
 from srs_core.launch.spec import RUN_ID_LABEL, JobSpec
+from srs_core.launch.watch import watch_job
 
 log = logging.getLogger(__name__)
 
@@ -45,41 +44,6 @@ TERMINAL = ("Succeeded", "Failed", "Timeout", "PendingTimeout", "Cancelled", "Va
 OWNER_ENV = ("SRS_POD_NAME", "SRS_POD_UID")  # the step pod, from the downward API
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "pytorchjobs"
-TIMEOUT_ENV = "SRS_K8S_TIMEOUT"
-DEFAULT_REQUEST_TIMEOUT = 30.0
-
-
-def request_timeout_from_env(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds each API request may wait to connect and for each read (``SRS_K8S_TIMEOUT``)."""
-    text = (os.environ if environ is None else environ).get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_REQUEST_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (0 < seconds < math.inf):
-        raise ConfigError(f"environment {TIMEOUT_ENV}={text!r}: expected a positive number of "
-                          "seconds")
-    return seconds
-
-
-def kube_configuration(kubeconfig: str | None = None, context: str | None = None):
-    """In-cluster credentials inside a pod (unless a kubeconfig is named), else the kubeconfig."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            config.load_kube_config(config_file=kubeconfig, context=context,
-                                    client_configuration=configuration)
-    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-        raise JobError(f"no Kubernetes credentials: not in a pod and kubeconfig "
-                       f"{kubeconfig or '~/.kube/config'} is unusable ({exc}); pass --kubeconfig "
-                       "or run inside the cluster") from exc
-    return configuration
 
 
 @dataclass
@@ -98,55 +62,6 @@ class JobOutcome:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (what `srs job run` prints)."""
         return asdict(self)
-
-
-@functools.cache
-def _api_errors() -> tuple[type[BaseException], ...]:
-    """What a request can raise: an HTTP error status, or no usable answer at all."""
-    import urllib3
-    from kubernetes.client.rest import ApiException
-
-    return ApiException, urllib3.exceptions.HTTPError
-
-
-def _status_code(exc: BaseException) -> int | None:
-    """HTTP status of an API error; None when the API server gave no answer."""
-    from kubernetes.client.rest import ApiException
-
-    return exc.status if isinstance(exc, ApiException) else None
-
-
-def _problem(exc: BaseException, host: str, timeout: float) -> str:
-    """One line on what went wrong between us and the API server (urllib3's text is cryptic)."""
-    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
-
-    status = _status_code(exc)
-    if status is not None:
-        try:
-            message = json.loads(exc.body)["message"]
-        except (TypeError, ValueError, KeyError):
-            message = exc.body or ""
-        return f"the API server answered {status} {exc.reason}: {message}"
-    where = f"the Kubernetes API server at {host}"
-    if isinstance(exc, ReadTimeoutError):
-        return f"{where} did not answer within {timeout:.3g}s"
-    # NewConnectionError (refused, no route) subclasses ConnectTimeoutError in urllib3 2.
-    if isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError):
-        return f"{where} did not accept a connection within {timeout:.3g}s"
-    return f"{where} could not be reached ({type(exc).__name__}: {exc})"
-
-
-def job_state(job: Any) -> tuple[str, Any]:
-    """(state, condition): Failed/Succeeded win; else the newest true condition; else Pending."""
-    conditions = [c for c in (getattr(job.status, "conditions", None) or [])
-                  if c.status == "True"]
-    for terminal in ("Failed", "Succeeded"):
-        for condition in conditions:
-            if condition.type == terminal:
-                return terminal, condition
-    if conditions:
-        return conditions[-1].type, conditions[-1]
-    return "Pending", None
 
 
 class JobLauncher:
@@ -175,9 +90,9 @@ class JobLauncher:
         # Seconds a job may wait for nodes or admission before the step fails; separate from
         # the training timeout, which is far longer. None: wait as long as the timeout allows.
         self.pending_timeout = pending_timeout
-        self._cancelled = threading.Event()
+        self.cancelled = threading.Event()  # set by cancel(): the watch stops at once
         self._current: tuple[str, str] | None = None
-        self._last_job: dict[str, Any] | None = None
+        self.last_job: dict[str, Any] | None = None  # as last seen by the watch
         self._deleted_by_cancel = False
 
     @property
@@ -196,7 +111,7 @@ class JobLauncher:
         return seconds, seconds
 
     def _error(self, what: str, exc: BaseException, timeout: tuple[float, float]) -> JobError:
-        return JobError(f"{what}: {_problem(exc, self.configuration.host, timeout[1])}")
+        return JobError(f"{what}: {describe_api_error(exc, self.configuration.host, timeout[1])}")
 
     def get(self, name: str, namespace: str, deadline: float | None = None
             ) -> dict[str, Any] | None:
@@ -206,8 +121,8 @@ class JobLauncher:
             return self.custom.get_namespaced_custom_object(
                 *self._api_path()[:2], namespace, self.backend.plural, name,
                 _request_timeout=timeout)
-        except _api_errors() as exc:
-            if _status_code(exc) == 404:
+        except api_errors() as exc:
+            if status_code(exc) == 404:
                 return None
             raise self._error(f"cannot read {self.kind} {namespace}/{name}", exc,
                               timeout) from exc
@@ -222,8 +137,8 @@ class JobLauncher:
             self.custom.delete_namespaced_custom_object(
                 group, version, namespace, plural, name,
                 body=V1DeleteOptions(propagation_policy="Foreground"), _request_timeout=timeout)
-        except _api_errors() as exc:
-            if _status_code(exc) == 404:
+        except api_errors() as exc:
+            if status_code(exc) == 404:
                 return False
             raise self._error(f"cannot delete {self.kind} {namespace}/{name}", exc,
                               timeout) from exc
@@ -232,7 +147,7 @@ class JobLauncher:
 
     def cancel(self) -> None:
         """Stop waiting and delete the job being run (safe to call from a signal handler)."""
-        self._cancelled.set()
+        self.cancelled.set()
         if self._current is not None:
             name, namespace = self._current
             try:
@@ -260,8 +175,8 @@ class JobLauncher:
         try:
             self.custom.create_namespaced_custom_object(
                 group, version, spec.namespace, plural, manifest, _request_timeout=timeout)
-        except _api_errors() as exc:
-            status = _status_code(exc)
+        except api_errors() as exc:
+            status = status_code(exc)
             if status == 409:  # another launcher created it between our GET and POST
                 log.info("%s %s/%s appeared meanwhile: adopting it", self.kind, spec.namespace,
                          spec.name)
@@ -307,139 +222,18 @@ class JobLauncher:
         reasons the cluster gives are logged as they appear, and after ``pending_timeout``
         seconds the watch ends with them. Raises JobError only when ``max_api_failures``
         requests in a row failed before any deadline."""
-        start = time.monotonic()
-        deadline = (started or start) + timeout if timeout else None
-        pending_deadline = ((started or start) + self.pending_timeout
-                            if self.pending_timeout else None)
-        diagnosis = PendingDiagnosis(self.core, self.custom, self.backend, self.request_timeout)
-        outcome = JobOutcome(name, namespace, state="Pending")
-        kind = self.kind
-        last, failures, error, ran = None, 0, None, False
-        while True:
-            if self._cancelled.is_set():
-                outcome.state = "Cancelled"
-                outcome.detail = (f"{kind} {namespace}/{name} was cancelled (SIGTERM: the "
-                                  "pipeline step was stopped) and is deleted")
-                break
-            try:
-                job = self.get(name, namespace, deadline)
-                failures, error = 0, None
-                if self._cancelled.is_set():  # cancel() ran during the request
-                    continue
-            except JobError as exc:
-                failures, error = failures + 1, exc
-                if failures > self.max_api_failures:
-                    raise JobError(f"{exc} ({failures} requests in a row failed); the job is "
-                                   "left as it is: a retry of this step adopts it") from exc
-                log.warning("%s (attempt %d of %d)", exc, failures, self.max_api_failures)
-            else:
-                if job is None:
-                    outcome.state = "Vanished"
-                    outcome.detail = (f"{kind} {namespace}/{name} disappeared while running "
-                                      "(deleted by someone else, or its TTL expired)")
-                    break
-                status = self.backend.status(job)
-                state = status.state
-                if state != last:
-                    why = f": {status.reason} {status.message}" if status.reason else ""
-                    level = logging.WARNING if state in ("Restarting", "Failed") else logging.INFO
-                    log.log(level, "%s %s/%s is %s%s", kind, namespace, name, state, why)
-                    outcome.restarts += state == "Restarting"
-                    last = state
-                ran = ran or status.started
-                if state in ("Succeeded", "Failed"):
-                    outcome.state = state
-                    self._last_job = job
-                    if state == "Failed" and explain:
-                        outcome.detail = self.explain_failure(job)
-                    break
-                if not ran:
-                    for line in diagnosis.new(job):
-                        log.warning("%s %s/%s cannot start yet: %s", kind, namespace, name, line)
-                    now = time.monotonic()
-                    if pending_deadline is not None and now >= pending_deadline:
-                        outcome.state = "PendingTimeout"
-                        outcome.detail = self._pending_detail(
-                            job, status, diagnosis.latest or sorted(diagnosis.seen))
-                        break
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                outcome.state = "Timeout"
-                outcome.detail = (f"{kind} {namespace}/{name} did not finish within "
-                                  f"{timeout:g}s (last state {last or 'unknown'})")
-                if error is not None:  # the reason may be the API server, not the job
-                    outcome.detail += f"; the last {failures} request(s) failed: {error}"
-                break
-            ends = [d for d in (deadline, None if ran else pending_deadline) if d is not None]
-            wait = min([self.poll_interval] + [d - now for d in ends])
-            self._cancelled.wait(max(wait, 0.0))
-        outcome.seconds = time.monotonic() - start
-        return outcome
+        return watch_job(self, JobOutcome(name, namespace, state="Pending"), timeout, explain,
+                         started)
 
-    def _pending_detail(self, job: dict[str, Any], status: JobStatus,
+    def pending_detail(self, job: dict[str, Any], status: JobStatus,
                         reasons: list[str]) -> str:
-        meta = job.get("metadata", {})
-        name, namespace = meta.get("name"), meta.get("namespace")
-        why = f" ({status.reason}: {status.message})" if status.reason else ""
-        lines = [f"{self.kind} {namespace}/{name} did not start within "
-                 f"{self.pending_timeout:g}s (pending_timeout); it is {status.state}{why}"]
-        lines += [f"  {line}" for line in reasons] or [
-            "  the cluster gave no reason (no Warning event, no unschedulable pod)"]
-        lines.append(f"  inspect: kubectl -n {namespace} describe {self.kind.lower()} {name}")
-        return "\n".join(lines)
+        return pending_detail(self.kind, job, status, reasons, self.pending_timeout)
 
     def explain_failure(self, job: dict[str, Any], follower: LogFollower | None = None) -> str:
         """Why the job failed: its Failed condition, every failed pod (rank, exit code, last
         log lines), Warning events, and the rank-0 log's last lines."""
-        meta = job.get("metadata", {})
-        name, namespace = meta.get("name"), meta.get("namespace")
-        status = self.backend.status(job)
-        lines = [f"{self.kind} {namespace}/{name} failed"
-                 + (f": {status.reason}: {status.message}" if status.reason else "")]
-        try:
-            pods = self.core.list_namespaced_pod(
-                namespace, label_selector=self.backend.pod_selector(name),
-                **list_limits(self.request_timeout)).items
-            for pod in pods:
-                lines += self._failed_pod(pod, namespace)
-            events = self.core.list_namespaced_event(namespace, field_selector="type=Warning",
-                                                     **list_limits(self.request_timeout))
-            found = [e for e in events.items if ours(name, e.involved_object.name)]
-            found.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.first_timestamp))
-            for event in found[-5:]:
-                lines.append(f"  event {event.involved_object.kind} {event.involved_object.name}"
-                             f": {event.reason}: {event.message}")
-        except Exception as exc:  # diagnostics must not hide the failure itself
-            lines.append(f"  (could not read pods/events: {exc})")
-        if follower is not None and follower.tail:
-            lines.append("  last master log lines:")
-            lines.extend(f"    {line}" for line in list(follower.tail)[-10:])
-        lines.append(f"  inspect: kubectl -n {namespace} describe {self.kind.lower()} {name}")
-        return "\n".join(lines)
-
-    def _failed_pod(self, pod: Any, namespace: str, tail: int = 5) -> list[str]:
-        """Lines on one pod whose training container exited non-zero: which rank, which code,
-        and the last lines it wrote (of the failed run, if it has restarted since)."""
-        lines = []
-        rank = self.backend.rank_of(pod)
-        for status in (pod.status.container_statuses or []) if pod.status else []:
-            terminated = status.state and status.state.terminated
-            ended = terminated or (status.last_state and status.last_state.terminated)
-            if not (ended and ended.exit_code):
-                continue
-            where = f" ({rank})" if rank else ""
-            lines.append(f"  pod {pod.metadata.name}{where}: container {status.name} exited "
-                         f"with code {ended.exit_code} ({ended.reason or 'Error'}), "
-                         f"{status.restart_count or 0} restart(s)")
-            try:
-                text = self.core.read_namespaced_pod_log(
-                    pod.metadata.name, namespace, container=status.name, tail_lines=tail,
-                    previous=not terminated, _request_timeout=self._timeout())
-            except Exception as exc:  # the log may be gone with the container
-                log.debug("no log of %s: %s", pod.metadata.name, exc)
-                continue
-            lines += [f"    | {line}" for line in str(text).splitlines()[-tail:]]
-        return lines
+        return explain_failure(self.core, self.backend, job, self.request_timeout,
+                               follower.tail if follower is not None else ())
 
     # -- everything together --------------------------------------------------------------------
     def run(self, spec: JobSpec, *, timeout: float | None = None, cleanup: str = "on-success",
@@ -453,7 +247,7 @@ class JobLauncher:
         """
         if cleanup not in CLEANUP_POLICIES:
             raise JobError(f"cleanup={cleanup!r}: use one of {', '.join(CLEANUP_POLICIES)}")
-        self._cancelled.clear()
+        self.cancelled.clear()
         self._deleted_by_cancel = False
         follower, outcome = None, None
         started = time.monotonic()  # --timeout counts from here: submitting is part of it
@@ -479,7 +273,7 @@ class JobLauncher:
                 follower.stop(self.log_drain_timeout if finished else 0.0)
             self._current = None
         if outcome.state == "Failed":
-            outcome.detail = self.explain_failure(self._last_job, follower)
+            outcome.detail = self.explain_failure(self.last_job, follower)
         if outcome.state == "Cancelled":
             # SIGTERM may have come before the job existed: then cancel() deleted nothing.
             outcome.deleted = self._deleted_by_cancel or self._delete_at_end(outcome)

@@ -19,22 +19,10 @@ from typing import Any
 
 from srs_core.launch.backend import Backend, JobStatus
 from srs_core.launch.schema import SCHEMAS, dump_yaml, to_dict, validate_object
-from srs_core.launch.spec import (  # noqa: F401  (re-exported: the historical home of these)
-    _ENV_FIELDS,
-    CHECKPOINT_ANNOTATION,
-    ENV_VARIABLES,
-    HOME_DIR,
-    POD_LABELS,
-    RUN_ID_LABEL,
-    S3_ENV_KEYS,
-    WRITABLE_ENV,
-    WRITABLE_MOUNTS,
+from srs_core.launch.spec import (
     JobSpec,
     job_labels,
-    job_name,
     object_metadata,
-    parse_key_values,
-    parse_toleration,
     pod_template,
 )
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from srs_core.errors import ConfigError
+from srs_core.launch.parsing import TAINT_EFFECTS, parse_key_values, parse_tolerations
+from srs_core.store.cache import CACHE_DIR_ENV
+from srs_core.store.s3_config import ENV_KEYS, OPTIONAL_ENV_KEYS, SECRET_NAME
 
 RUN_ID_LABEL = "srs-kubeflow/run-id"
 CHECKPOINT_ANNOTATION = "srs-kubeflow/checkpoint"
-S3_ENV_KEYS = ("SRS_S3_ENDPOINT", "SRS_S3_ACCESS_KEY", "SRS_S3_SECRET_KEY", "SRS_S3_SECURE")
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits jobs carrying it
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a Kueue WorkloadPriorityClass
 # Every pod of every SRS job carries these; manifests/base/networkpolicy.yaml selects them.
@@ -33,7 +35,7 @@ WRITABLE_ENV = {
     "HOME": HOME_DIR,  # ~/.nv (CUDA's JIT cache), ~/.config; also the working directory
     "TMPDIR": "/tmp",
     "XDG_CACHE_HOME": CACHE_DIR,  # torch hub / timm weights, huggingface, fontconfig
-    "SRS_CACHE_DIR": f"{CACHE_DIR}/srs",  # srs_core.store.cache_root: downloads, upload staging
+    CACHE_DIR_ENV: f"{CACHE_DIR}/srs",  # srs_core.store.cache_root: downloads, upload staging
     "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
     "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
     "MPLCONFIGDIR": f"{HOME_DIR}/.config/matplotlib",  # whatever HOME an image sets
@@ -43,7 +45,6 @@ WRITABLE_ENV = {
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE])?$")
-_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 @dataclass
@@ -64,7 +65,7 @@ class JobSpec:
     shm_size: str = "8Gi"  # /dev/shm for DataLoader workers and NCCL
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, str]] = field(default_factory=list)
-    secret_name: str | None = "srs-minio"  # Secret with the SRS_S3_* keys
+    secret_name: str | None = SECRET_NAME  # Secret with the SRS_S3_* keys
     service_account: str | None = "srs-trainer"
     nccl_debug: str = "WARN"
     nccl_socket_ifname: str | None = None
@@ -129,9 +130,9 @@ class JobSpec:
             raise ConfigError(f"{where}: labels {', '.join(clash)} are set by the launcher (the "
                               "NetworkPolicy of manifests/base selects the pods by them)")
         for toleration in self.tolerations:
-            if toleration.get("effect") and toleration["effect"] not in _EFFECTS:
+            if toleration.get("effect") and toleration["effect"] not in TAINT_EFFECTS:
                 raise ConfigError(f"{where}: toleration effect {toleration['effect']!r} is not "
-                                  f"one of {', '.join(_EFFECTS)}")
+                                  f"one of {', '.join(TAINT_EFFECTS)}")
         return self
 
     @classmethod
@@ -165,37 +166,6 @@ def job_name(prefix: str, run_id: str) -> str:
     return text
 
 
-def parse_key_values(text: str, where: str = "node selector") -> dict[str, str]:
-    """``"a=1,b=2"`` -> ``{"a": "1", "b": "2"}``."""
-    result = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{where}: expected key=value, got {item!r}")
-        result[key] = value
-    return result
-
-
-def parse_toleration(text: str) -> dict[str, str]:
-    """kubectl-taint syntax: ``key=value:Effect``, ``key:Effect``, ``key=value`` or ``key``."""
-    body, _, effect = text.strip().partition(":")
-    key, has_value, value = body.partition("=")
-    if not key:
-        raise ConfigError(f"toleration {text!r}: expected key[=value][:Effect]")
-    toleration = {"key": key, "operator": "Equal" if has_value else "Exists"}
-    if has_value:
-        toleration["value"] = value
-    if effect:
-        if effect not in _EFFECTS:
-            raise ConfigError(f"toleration {text!r}: effect must be one of {', '.join(_EFFECTS)}")
-        toleration["effect"] = effect
-    return toleration
-
-
-def _parse_tolerations(text: str) -> list[dict[str, str]]:
-    return [parse_toleration(item) for item in text.split(",") if item.strip()]
-
-
 _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     "namespace": ("SRS_JOB_NAMESPACE", str),
     "image": ("SRS_JOB_IMAGE", str),
@@ -208,7 +178,7 @@ _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     "memory_limit": ("SRS_JOB_MEMORY_LIMIT", str),
     "shm_size": ("SRS_JOB_SHM_SIZE", str),
     "node_selector": ("SRS_JOB_NODE_SELECTOR", parse_key_values),
-    "tolerations": ("SRS_JOB_TOLERATIONS", _parse_tolerations),
+    "tolerations": ("SRS_JOB_TOLERATIONS", parse_tolerations),
     "secret_name": ("SRS_JOB_SECRET", str),
     "service_account": ("SRS_JOB_SERVICE_ACCOUNT", str),
     "nccl_debug": ("SRS_JOB_NCCL_DEBUG", str),
@@ -257,9 +227,9 @@ def environment(spec: JobSpec) -> list[Any]:
         env.append(k8s.V1EnvVar(name="SRS_RUN_ID", value=spec.run_id))
     if spec.secret_name:
         # Values stay in the Secret; the job only names it (nothing secret is rendered).
-        for key in S3_ENV_KEYS:
+        for key in ENV_KEYS:
             ref = k8s.V1SecretKeySelector(name=spec.secret_name, key=key,
-                                          optional=key == "SRS_S3_SECURE")
+                                          optional=key in OPTIONAL_ENV_KEYS)
             env.append(k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
     reserved = {e.name for e in env}
     for key, value in spec.env.items():

@@ -1,7 +1,8 @@
 """The model library: the SRS selector, its losses, pretrained-weight loaders and tokenizer.
 
-Nothing here touches the object store or file paths (except the tokenizer's ``vocab.txt``);
-the training and evaluation programs hand in tensors and in-memory state dicts.
+``factory.build_model`` builds a selector from its config, ``checkpoint.BestCheckpoint`` owns
+the ``best.pt`` format and ``vocab`` resolves a run's vocabulary; only those two read the
+object store. Everything else takes tensors and in-memory state dicts.
 """
 
 from srs_core.model.flops import flops_per_dialog

@@ -10,7 +10,8 @@ Training is counted as 3x the forward pass (the backward pass costs about twice 
 
 from __future__ import annotations
 
-from srs_core.config import NUM_CANDIDATES, ModelConfig
+from srs_core.config import ModelConfig
+from srs_core.data.candidates import NUM_CANDIDATES
 
 
 def _layer(tokens: int, width: int, ffn: int) -> float:

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from srs_core.config import EMOTIONS, NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS, LossConfig
+from srs_core.config import LossConfig
+from srs_core.data.ser30k import EMOTIONS, NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS
 
 POLARITY_EPS = 1e-4  # DESIGN.md: p_t = [pos, neg] / (pos + neg + 1e-4)
 HARD_NEGATIVE_SCALES = ("paper", "temperature")

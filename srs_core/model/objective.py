@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 def _check(
     cfg: LossConfig, batch: Mapping[str, torch.Tensor], teacher_logits: torch.Tensor | None
 ) -> None:
-    if not (cfg.ita or cfg.itm or cfg.simclr_intra or cfg.simclr_inter or cfg.emotion):
+    if not cfg.active_terms:
         raise ConfigError("every loss term is switched off (loss.*); enable at least one")
     b, c = batch["images"].shape[:2]
     if (cfg.simclr_intra or cfg.simclr_inter) and batch.get("views") is None:

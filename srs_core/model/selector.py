@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from srs_core.config import EMOTIONS, LossConfig, ModelConfig
+from srs_core.config import LossConfig, ModelConfig
+from srs_core.data.ser30k import EMOTIONS
 from srs_core.errors import ConfigError
 from srs_core.model.text import FusionEncoder, TextEncoder, bert_config, init_bert_weights
 from srs_core.model.vision import build_vision_encoder

@@ -11,6 +11,7 @@ pre-tokeniser, which splits every CJK character), read from a ``vocab.txt`` such
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -103,3 +104,27 @@ def encode_contexts(
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         attention_mask[row, : len(sequence)] = 1
     return input_ids, attention_mask
+
+
+class ContextTokenizer:
+    """Turns a batch of contexts into ``input_ids``/``attention_mask`` ``[B, T]``.
+
+    Built from the vocabulary *text* (as a ``best.pt`` carries it), so that a checkpoint needs
+    no ``vocab.txt`` beside it.
+    """
+
+    def __init__(self, vocab_text: str, max_tokens: int, lowercase: bool = False) -> None:
+        self.vocab_text = vocab_text
+        self.max_tokens = max_tokens
+        self.lowercase = lowercase
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "vocab.txt"
+            path.write_text(vocab_text, encoding="utf-8")
+            self._tokenizer = load_tokenizer(path, lowercase=lowercase)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokenizer)
+
+    def __call__(self, contexts: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_contexts(self._tokenizer, contexts, self.max_tokens)

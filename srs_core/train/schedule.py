@@ -1,34 +1,22 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to a floor."""
+"""The selector's learning rate against its batch: scaling to the global batch of a run.
+
+The schedule itself (:class:`srs_core.runtime.schedule.PositionSchedule`) knows nothing of
+the paper's batch; this module does.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
+from srs_core.config import Config
+from srs_core.errors import ConfigError
+from srs_core.runtime.schedule import PositionSchedule
 
-def cosine_with_warmup(
-    optimizer: torch.optim.Optimizer,
-    warmup_steps: int,
-    total_steps: int,
-    min_lr_ratio: float = 0.0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: ``lr * (step+1)/warmup`` for ``warmup`` steps, then cosine to
-    ``lr * min_lr_ratio`` at ``total_steps`` (and flat after it). Call ``step()`` per batch."""
-    warmup_steps = max(0, int(warmup_steps))
-    total_steps = max(1, int(total_steps))
+log = logging.getLogger(__name__)
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps  # never 0: the first step already learns
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-SCHEDULES = ("paper", "cosine_per_step")
 LR_SCALINGS = ("none", "linear", "sqrt")
 PAPER_GLOBAL_BATCH = 8  # 2 GPUs x 4 dialogs (configs/SRS.yaml, train.sh)
 
@@ -42,82 +30,36 @@ def lr_scale(global_batch: int, scaling: str) -> float:
     return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[scaling]
 
 
-class SelectorSchedule:
-    """The selector's learning rate as a pure function of the position in training.
+def global_batch(cfg: Config, world_size: int, is_master: bool) -> tuple[int, float]:
+    """Dialogs per optimizer step and the factor on the learning rates; says both."""
+    batch = cfg.train.batch_size * world_size
+    if cfg.train.global_batch_size and cfg.train.global_batch_size != batch:
+        raise ConfigError(
+            f"train.global_batch_size={cfg.train.global_batch_size} but this run has "
+            f"{cfg.train.batch_size} dialogs x {world_size} processes = {batch}; change "
+            "train.batch_size or the number of processes, or unset train.global_batch_size"
+        )
+    scale = lr_scale(batch, cfg.train.lr_scaling)
+    if is_master:
+        log.info("global batch %d (%d dialogs x %d processes); lr %.3g (%s scaling x%.3g)",
+                 batch, cfg.train.batch_size, world_size, cfg.train.lr * scale,
+                 cfg.train.lr_scaling, scale)
+        if batch != PAPER_GLOBAL_BATCH:
+            log.warning(
+                "global batch %d differs from the paper's %d (2 GPUs x 4 dialogs at lr 1e-4): "
+                "%.3gx the dialogs per step and %.3gx fewer steps; train.lr_scaling=%s",
+                batch, PAPER_GLOBAL_BATCH, batch / PAPER_GLOBAL_BATCH,
+                batch / PAPER_GLOBAL_BATCH, cfg.train.lr_scaling)
+    return batch, scale
 
-    Nothing to save or restore: a resumed run sets the same rate for the same (epoch,
-    iteration, step) as an uninterrupted one.
 
-    ``paper`` reproduces the authors' use of timm's epoch-wise ``CosineLRScheduler``
-    (``t_initial`` = epochs, ``warmup_t`` = warm-up epochs, ``warmup_prefix``, one cycle):
-    in epoch 0 the scheduler is stepped to ``t = i // warmup_step_iterations`` *after*
-    optimizer step ``i`` for ``i <= warmup_epochs * warmup_step_iterations``, and at the end
-    of epoch ``e`` to ``t = e + warmup_epochs + 1``. With the paper's numbers: ``warmup_lr``
-    for iterations 0-100 of epoch 0, ``lr`` for the rest of it, then one cosine value per
-    epoch (9.14e-5, 6.89e-5, 4.11e-5, 1.86e-5 for epochs 1-4).
-
-    ``cosine_per_step``: linear warm-up over ``warmup_epochs`` of steps, then cosine to
-    ``min_lr`` at the last step, updated every step.
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        kind: str,
-        *,
-        lr: float,
-        min_lr: float,
-        warmup_lr: float,
-        epochs: int,
-        warmup_epochs: float,
-        steps_per_epoch: int,
-        total_steps: int,
-        warmup_step_iterations: int = 100,
-    ) -> None:
-        if kind not in SCHEDULES:
-            raise ValueError(f"lr schedule {kind!r} is not one of {SCHEDULES}")
-        self.optimizer, self.kind = optimizer, kind
-        self.lr, self.min_lr, self.warmup_epochs = lr, min_lr, warmup_epochs
-        self.warmup_steps = int(warmup_epochs * steps_per_epoch)
-        self.total_steps = max(1, total_steps)
-        self.warmup_step_iterations = max(1, warmup_step_iterations)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        self._timm = None
-        if kind == "paper":
-            from timm.scheduler import CosineLRScheduler
-
-            for group in optimizer.param_groups:
-                group.pop("initial_lr", None)
-            self._timm = CosineLRScheduler(
-                optimizer, t_initial=epochs, lr_min=min_lr, warmup_t=warmup_epochs,
-                warmup_lr_init=warmup_lr, warmup_prefix=True, cycle_limit=1, t_in_epochs=True,
-            )
-
-    def _paper_t(self, epoch: int, iteration: int) -> float:
-        if epoch > 0:
-            return epoch + self.warmup_epochs
-        if iteration == 0:
-            return 0  # the rate the scheduler set at construction: warmup_lr
-        last_call = int(self.warmup_epochs * self.warmup_step_iterations)
-        last_call -= last_call % self.warmup_step_iterations
-        stepped_at = min(iteration - 1, last_call)
-        return stepped_at // self.warmup_step_iterations
-
-    def _per_step_factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        floor = self.min_lr / self.lr
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def apply(self, epoch: int, iteration: int, step: int) -> float:
-        """Set the rate of optimizer step ``step`` (iteration ``iteration`` of ``epoch``)."""
-        if self._timm is not None:
-            self._timm.step(self._paper_t(epoch, iteration))
-        else:
-            value = self.lr * self._per_step_factor(step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = value
-        return float(self.optimizer.param_groups[0]["lr"])
+def selector_schedule(cfg: Config, optimizer: torch.optim.Optimizer, scale: float,
+                      steps_per_epoch: int, total_steps: int) -> PositionSchedule:
+    """``train.lr_schedule`` with every rate of ``train`` times ``scale``."""
+    t = cfg.train
+    return PositionSchedule(
+        optimizer, t.lr_schedule, lr=t.lr * scale, min_lr=t.min_lr * scale,
+        warmup_lr=t.warmup_lr * scale, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        warmup_step_iterations=t.warmup_step_iterations,
+    )

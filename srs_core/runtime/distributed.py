@@ -1,4 +1,4 @@
-"""Device, precision and process-group setup shared by every training program.
+"""Process-group setup and collectives shared by every training program.
 
 Under ``torchrun`` (or a PyTorchJob pod) the environment names this process's place in the
 job (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); alone, the
@@ -7,7 +7,6 @@ process is rank 0 of 1 and no process group is created.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ import torch.distributed as torch_dist
 
 from srs_core.errors import ConfigError
 from srs_core.process import die_with_parent
+from srs_core.runtime.device import select_device
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -40,15 +38,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value) if value else default
     except ValueError:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def select_device(local_rank: int = 0) -> torch.device:
-    """``cuda:<local_rank>`` when a GPU is visible, else the CPU."""
-    if torch.cuda.is_available():
-        index = local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
 
 
 def init_distributed() -> DistInfo:
@@ -99,20 +88,3 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
     return tensor
-
-
-def resolve_precision(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype: ``auto`` is bf16 on GPU and full fp32 (None) elsewhere."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for the forward pass (a null context for fp32)."""
-    dtype = resolve_precision(device, precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)

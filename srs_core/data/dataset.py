@@ -1,4 +1,4 @@
-"""From store URIs to batches: dialogs + sticker cache -> candidates -> augmented tensors.
+"""From examples to batches: candidates -> augmented tensors, sharded and resumable per rank.
 
 Batch layout (B dialogs, C = 10 candidates, positive at index 0, S = model image size)::
 
@@ -12,109 +12,15 @@ Batch layout (B dialogs, C = 10 candidates, positive at index 0, S = model image
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
-from srs_core.config import NUM_CANDIDATES
-from srs_core.data.report import Report
+from srs_core.data.examples import Example
 from srs_core.data.sticker_cache import StickerCache, gather
-from srs_core.data.stickerchat import Dialog, Utterance, iter_dialogs, utterance_text
-from srs_core.errors import DataError
-
-log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Example:
-    """One dialog ready for batching."""
-
-    line: int
-    utterances: tuple[str, ...]  # context_texts(): the whitespace rule applied, no empties
-    set_id: int
-    sticker_id: int
-    rows: tuple[int, ...]  # sticker-cache rows of the candidates, positive first
-    polarity: tuple[float, float]
-
-
-def clean_texts(utterances: Iterable[str | Utterance]) -> tuple[str, ...]:
-    """The model's text of a context: :func:`utterance_text` of each, empty ones left out."""
-    return tuple(text for text in map(utterance_text, utterances) if text)
-
-
-def context_texts(dialog: Dialog) -> tuple[str, ...]:
-    return clean_texts(dialog.context)
-
-
-def load_examples(
-    root: str,
-    split: str,
-    cache: StickerCache,
-    polarity: dict[int, tuple[float, float]] | None = None,
-    limit: int = 0,
-    report: Report | None = None,
-    strict: bool = False,
-    protocol: str = "strict",
-) -> list[Example]:
-    """Read a split and resolve its candidates under ``protocol`` (``strict`` or ``paper``,
-    see :meth:`StickerCache.candidate_rows`); unusable dialogs are counted in ``report``."""
-    report = report if report is not None else Report(strict=strict)
-    examples = []
-    for dialog in iter_dialogs(root, split, report=report, strict=strict, limit=limit):
-        where = f"release_{split}.json:{dialog.line}"
-        if not cache.has_set(dialog.sticker_set_id):
-            report.add("set_not_usable", where, f"sticker set {dialog.sticker_set_id}")
-            continue
-        try:
-            rows = cache.candidate_rows(dialog.sticker_set_id, dialog.sticker_id, NUM_CANDIDATES,
-                                        protocol)
-        except DataError as exc:
-            report.add("sticker_not_in_set", where, str(exc))
-            continue
-        pol = polarity.get(dialog.line, (0.0, 0.0)) if polarity else (0.0, 0.0)
-        examples.append(
-            Example(dialog.line, context_texts(dialog), dialog.sticker_set_id,
-                    dialog.sticker_id, tuple(rows), pol)
-        )
-    if not examples:
-        raise DataError(f"{root} {split}: no usable dialogs ({report.render()})")
-    return examples
-
-
-def _normalise() -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-
-
-def train_transform(size: int) -> v2.Compose:
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.75, 1.0),
-                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        *_normalise(),
-    ])
-
-
-def eval_transform() -> v2.Compose:
-    return v2.Compose(_normalise())
-
-
-def simclr_transform(size: int) -> v2.Compose:
-    kernel = max(3, (size // 10) | 1)
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-        v2.RandomHorizontalFlip(),
-        *_normalise(),
-    ])
+from srs_core.data.transforms import eval_transform, simclr_transform, train_transform
 
 
 class SrsDataset(torch.utils.data.Dataset):
@@ -213,8 +119,3 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank - self.skip
-
-
-def unique_rows(examples: Sequence[Example]) -> np.ndarray:
-    """Every sticker-cache row that some dialog uses as a candidate (sorted)."""
-    return np.unique(np.fromiter((r for ex in examples for r in ex.rows), dtype=np.int64))
