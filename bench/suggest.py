@@ -13,9 +13,16 @@ and warm, the naive whole-library ITM estimated from ``--sample-stickers`` stick
 Recall (c) is left out: a random model's ranks are noise. Serving (e) is left out: at these
 sizes on a CPU one request takes seconds.
 
+``--run DIR --stickerchat ROOT`` measures (c) on a pipeline run's trained selector and its
+index (``DIR/srs/best.pt``, ``DIR/index``: what ``scripts/demo.sh`` leaves), over the first
+``--sample`` test dialogs: the recall kept by reranking only the ITA top-N against ITM over
+the whole library, with a model that learned something.
+
     python bench/suggest.py [--sets 120] [--sample 24] [--requests 48] > bench/results/suggest.json
     python bench/suggest.py --preset paper --sets 25 --latency-dialogs 4 \
         > bench/results/suggest_paper.json
+    python bench/suggest.py --run demo/run --stickerchat demo/data/stickerchat --sample 333 \
+        > bench/results/suggest_trained.json
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srs_core.artifacts import RunOutputs
 from srs_core.config import ModelConfig, load_config
 from srs_core.data.examples import context_texts
 from srs_core.data.stickerchat import iter_dialogs
@@ -293,6 +301,25 @@ def paper(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def trained_run(args: argparse.Namespace) -> dict[str, Any]:
+    """Recall kept by reranking only the top-N, on a trained run's selector and index."""
+    outputs = RunOutputs(args.run)
+    suggester = Suggester.open(outputs.train.best, outputs.index)
+    dialogs = [d for d in iter_dialogs(args.stickerchat, "test")
+               if suggester.index.position(d.sticker_set_id, d.sticker_id) is not None]
+    dialogs = dialogs[:args.sample]
+    contexts = [context_texts(d) for d in dialogs]
+    answers = [suggester.index.position(d.sticker_set_id, d.sticker_id) for d in dialogs]
+    full_itm, times = whole_library_itm(suggester, contexts)
+    return {
+        "data": {"run": args.run, "stickers": len(suggester.index), "test_dialogs": len(dialogs),
+                 "chance": {f"R@{k}": round(k / len(suggester.index), 4) for k in KS}},
+        "whole_library_itm_latency": _percentiles(times),
+        "recall_vs_whole_library_itm": recall_vs_whole_library(suggester, contexts, answers,
+                                                               full_itm),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
@@ -308,9 +335,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads here and in the server (1: steady on shared cores)")
+    parser.add_argument("--run", default="", help="a pipeline run's output root (trained)")
+    parser.add_argument("--stickerchat", default="", help="its StickerChat root (with --run)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    if args.run:
+        print(json.dumps(trained_run(args), indent=2))
+        return
     if args.preset == "paper":
         started, load = time.perf_counter(), os.getloadavg()[0]
         result = {"device": "cpu" if not torch.cuda.is_available()

@@ -17,9 +17,8 @@ from srs_core.launch.client import (
     PyTorchJobLauncher,
     run_job,
     run_pytorchjob,
-    step_owner,
 )
-from srs_core.launch.kube import job_state, kube_configuration
+from srs_core.launch.kube import job_state, kube_configuration, step_owner
 from srs_core.launch.local import LocalResult, LocalTorchrun, run_local
 from srs_core.launch.parsing import parse_key_values, parse_toleration
 from srs_core.launch.pytorchjob import (

@@ -14,14 +14,12 @@ SDK's TrainingClient cannot bound ``create_job``/``delete_job``, so it is not us
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from srs_core.errors import ConfigError, JobError
+from srs_core.errors import JobError
 from srs_core.launch._signals import cancel_on_sigterm
 from srs_core.launch.backend import Backend, JobStatus, get_backend
 from srs_core.launch.explain import explain_failure, pending_detail
@@ -41,7 +39,6 @@ log = logging.getLogger(__name__)
 
 CLEANUP_POLICIES = ("always", "on-success", "never")
 TERMINAL = ("Succeeded", "Failed", "Timeout", "PendingTimeout", "Cancelled", "Vanished")
-OWNER_ENV = ("SRS_POD_NAME", "SRS_POD_UID")  # the step pod, from the downward API
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "pytorchjobs"
 
@@ -94,6 +91,7 @@ class JobLauncher:
         self._current: tuple[str, str] | None = None
         self.last_job: dict[str, Any] | None = None  # as last seen by the watch
         self._deleted_by_cancel = False
+        self._cancel_done = threading.Event()  # cancel() from another thread has finished
 
     @property
     def kind(self) -> str:
@@ -148,13 +146,16 @@ class JobLauncher:
     def cancel(self) -> None:
         """Stop waiting and delete the job being run (safe to call from a signal handler)."""
         self.cancelled.set()
-        if self._current is not None:
-            name, namespace = self._current
-            try:
-                self.delete(name, namespace)
-                self._deleted_by_cancel = True
-            except JobError as exc:
-                log.error("cancel: %s", exc)
+        try:
+            if self._current is not None:
+                name, namespace = self._current
+                try:
+                    self.delete(name, namespace)
+                    self._deleted_by_cancel = True
+                except JobError as exc:
+                    log.error("cancel: %s", exc)
+        finally:
+            self._cancel_done.set()
 
     # -- submit / adopt -----------------------------------------------------------------------
     def submit(self, spec: JobSpec, replace_failed: bool = False) -> bool:
@@ -248,6 +249,7 @@ class JobLauncher:
         if cleanup not in CLEANUP_POLICIES:
             raise JobError(f"cleanup={cleanup!r}: use one of {', '.join(CLEANUP_POLICIES)}")
         self.cancelled.clear()
+        self._cancel_done.clear()
         self._deleted_by_cancel = False
         follower, outcome = None, None
         started = time.monotonic()  # --timeout counts from here: submitting is part of it
@@ -275,6 +277,7 @@ class JobLauncher:
         if outcome.state == "Failed":
             outcome.detail = self.explain_failure(self.last_job, follower)
         if outcome.state == "Cancelled":
+            self._cancel_done.wait(self.request_timeout)  # its delete may still be under way
             # SIGTERM may have come before the job existed: then cancel() deleted nothing.
             outcome.deleted = self._deleted_by_cancel or self._delete_at_end(outcome)
         outcome.created = created
@@ -314,16 +317,6 @@ class PyTorchJobLauncher(JobLauncher):
     def __init__(self, configuration: Any = None, **options: Any):
         options.setdefault("backend", "pytorchjob")
         super().__init__(configuration, **options)
-
-
-def step_owner(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The step pod's name and uid (``job_owner=step``), from the downward-API env."""
-    env = os.environ if environ is None else environ
-    name, uid = (env.get(key, "") for key in OWNER_ENV)
-    if not (name and uid):
-        raise ConfigError(f"job_owner=step needs {' and '.join(OWNER_ENV)} (the pipeline sets "
-                          "them from the downward API; `srs job run` needs them exported)")
-    return {"name": name, "uid": uid}
 
 
 def run_job(spec: JobSpec, *, kind: str = "pytorchjob", timeout: float | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 from srs_core.errors import ConfigError, JobError
 
 TIMEOUT_ENV = "SRS_K8S_TIMEOUT"
+OWNER_ENV = ("SRS_POD_NAME", "SRS_POD_UID")  # the step pod, from the downward API
 DEFAULT_REQUEST_TIMEOUT = 30.0
 
 
@@ -96,3 +97,13 @@ def job_state(job: Any) -> tuple[str, Any]:
     if conditions:
         return conditions[-1].type, conditions[-1]
     return "Pending", None
+
+
+def step_owner(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The step pod's name and uid (``job_owner=step``), from the downward-API env."""
+    env = os.environ if environ is None else environ
+    name, uid = (env.get(key, "") for key in OWNER_ENV)
+    if not (name and uid):
+        raise ConfigError(f"job_owner=step needs {' and '.join(OWNER_ENV)} (the pipeline sets "
+                          "them from the downward API; `srs job run` needs them exported)")
+    return {"name": name, "uid": uid}
