@@ -58,6 +58,32 @@ def total_inertia(features, labels, anchors, k: int) -> float:
                for c in range(len(EMOTIONS)))
 
 
+def compare_backends(features, labels, k: int, iterations: int, seed: int) -> dict:
+    """Our CPU backend vs scikit-learn (and kmcuda where it runs): seconds and inertia."""
+    started = time.perf_counter()
+    ours, _ = cluster_classes(features, labels, k, FaissKMeans(), iterations, seed)
+    ours_seconds = time.perf_counter() - started
+    baseline, sklearn_seconds = sklearn_classes(features, labels, k, seed)
+    ours_inertia = total_inertia(features, labels, ours, k)
+    sklearn_inertia = total_inertia(features, labels, baseline, k)
+    result = {
+        "k": k, "classes": len(EMOTIONS), "cores": len(os.sched_getaffinity(0)),
+        "baseline_sklearn": {"seconds": round(sklearn_seconds, 2), "inertia": sklearn_inertia},
+        "ours_cpu": {"backend": FaissKMeans().detail, "iterations": iterations,
+                     "seconds": round(ours_seconds, 2), "inertia": ours_inertia},
+        "time_ratio_sklearn_over_ours": round(sklearn_seconds / ours_seconds, 2),
+        "inertia_ratio_ours_over_sklearn": round(ours_inertia / sklearn_inertia, 5),
+    }
+    result["within_1pct"] = result["inertia_ratio_ours_over_sklearn"] <= 1.01
+    if kmcuda_available():
+        started = time.perf_counter()
+        gpu, _ = cluster_classes(features, labels, k, KmcudaKMeans(), iterations, seed)
+        gpu_seconds = time.perf_counter() - started
+        result["kmcuda"] = {"seconds": round(gpu_seconds, 2),
+                            "inertia": total_inertia(features, labels, gpu, k)}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=30000)
@@ -76,30 +102,9 @@ def main() -> None:
     else:
         features, labels = synthetic_features(args.samples, args.dim, args.blobs, args.seed)
         source = f"synthetic: {args.blobs} blobs per class"
-    k = args.k
 
-    started = time.perf_counter()
-    ours, _ = cluster_classes(features, labels, k, FaissKMeans(), args.iterations, args.seed)
-    ours_seconds = time.perf_counter() - started
-    baseline, sklearn_seconds = sklearn_classes(features, labels, k, args.seed)
-    ours_inertia = total_inertia(features, labels, ours, k)
-    sklearn_inertia = total_inertia(features, labels, baseline, k)
-    result = {
-        "features": list(features.shape), "source": source, "k": k, "classes": len(EMOTIONS),
-        "cores": len(os.sched_getaffinity(0)),
-        "baseline_sklearn": {"seconds": round(sklearn_seconds, 2), "inertia": sklearn_inertia},
-        "ours_cpu": {"backend": FaissKMeans().detail, "iterations": args.iterations,
-                     "seconds": round(ours_seconds, 2), "inertia": ours_inertia},
-        "time_ratio_sklearn_over_ours": round(sklearn_seconds / ours_seconds, 2),
-        "inertia_ratio_ours_over_sklearn": round(ours_inertia / sklearn_inertia, 5),
-    }
-    result["within_1pct"] = result["inertia_ratio_ours_over_sklearn"] <= 1.01
-    if kmcuda_available():
-        started = time.perf_counter()
-        gpu, _ = cluster_classes(features, labels, k, KmcudaKMeans(), args.iterations, args.seed)
-        gpu_seconds = time.perf_counter() - started
-        result["kmcuda"] = {"seconds": round(gpu_seconds, 2),
-                            "inertia": total_inertia(features, labels, gpu, k)}
+    result = {"features": list(features.shape), "source": source}
+    result.update(compare_backends(features, labels, args.k, args.iterations, args.seed))
     print(json.dumps(result, indent=2))
 
 

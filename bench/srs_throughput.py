@@ -15,17 +15,19 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from srs_core.config import load_config
+from srs_core.config import Config, load_config
 from srs_core.data.dataset import SrsDataset, make_collate
 from srs_core.data.examples import load_examples
-from srs_core.data.sticker_cache import build_sticker_cache
+from srs_core.data.sticker_cache import StickerCache, build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
-from srs_core.evaluate import score_examples, score_examples_naive
+from srs_core.evaluate import Scores, score_examples, score_examples_naive
 from srs_core.model import flops_per_dialog
 from srs_core.model.factory import build_model
 from srs_core.model.losses import compute_losses
@@ -37,67 +39,137 @@ from srs_core.runtime.precision import autocast_context
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def _peak(device: torch.device) -> float | None:
+def peak_bf16(device: torch.device) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, None off-GPU or for an unlisted GPU."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def bench_preset(preset: str, data: Path, work: Path, steps: int, eval_dialogs: int,
-                 device: torch.device, batch_size: int) -> dict:
+@dataclass
+class Bench:
+    """A preset's model and demo data, ready to time."""
+
+    cfg: Config
+    cache: StickerCache
+    train_examples: list
+    test_examples: list
+    tokenize: ContextTokenizer
+    dataset: SrsDataset  # train augmentation with the SimCLR views
+    collate: Callable
+
+
+def prepare(preset: str, data: Path, work: Path, eval_dialogs: int) -> Bench:
+    """Sticker cache, examples and tokenizer of the demo data under ``data`` at ``preset``."""
     root = str(data / "stickerchat")
     cfg = load_config(preset=preset, overrides=[f"data.stickerchat={root}"])
+    cfg.loss.emotion = False  # distillation needs a trained teacher: every other term is on
     sets = {d.sticker_set_id for s in ("train", "test") for d in iter_dialogs(root, s)}
     cache = build_sticker_cache(root, sets, str(work / f"cache-{preset}"), cfg.model.image_size)
     train_examples = load_examples(root, "train", cache)
     test_examples = load_examples(root, "test", cache)[:eval_dialogs]
     tokenize = ContextTokenizer(resolve_vocab(cfg, train_examples), cfg.data.max_text_tokens)
-    model = build_model(cfg.model, 7 * cfg.emotion.k, tokenize.vocab_size).to(device)
-    cfg.loss.emotion = False
     dataset = SrsDataset(train_examples, cache, train=True, simclr=True)
-    collate = make_collate(tokenize)
-    batches = [collate([dataset[i * batch_size + j] for j in range(batch_size)])
-               for i in range(steps + 1)]
-    tokens = int(batches[0]["attention_mask"].sum(1).float().mean())
+    return Bench(cfg, cache, train_examples, test_examples, tokenize, dataset,
+                 make_collate(tokenize))
+
+
+def new_model(bench: Bench, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised selector of the bench's preset on ``device``."""
+    torch.manual_seed(seed)
+    return build_model(bench.cfg.model, 7 * bench.cfg.emotion.k,
+                       bench.tokenize.vocab_size).to(device)
+
+
+def make_batches(bench: Bench, batch_size: int, count: int, items: list | None = None) -> list:
+    """``count`` collated batches; dialogs are taken in turn from ``items`` (default: the
+    first ``batch_size * count`` of the training split), repeating when they run out."""
+    items = items or [bench.dataset[i] for i in range(batch_size * count)]
+    return [bench.collate([items[(i * batch_size + j) % len(items)] for j in range(batch_size)])
+            for i in range(count)]
+
+
+def mean_text_tokens(batch: dict) -> int:
+    return int(batch["attention_mask"].sum(1).float().mean())
+
+
+def train_rate(model: torch.nn.Module, bench: Bench, optimizer: torch.optim.Optimizer,
+               batches: list, device: torch.device, precision: str,
+               min_seconds: float = 0.0) -> float:
+    """Training dialogs/s: forward, backward and optimizer step on ``batches``.
+
+    The first batch warms up kernels and allocators, untimed; the others are timed once each,
+    then again in turn until ``min_seconds`` have passed.
+    """
+    def step(batch: dict) -> None:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast_context(device, precision):
+            loss = compute_losses(model, batch, None, bench.cfg.loss, None)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    step(batches[0])
+    sync(device)
+    started, timed = time.perf_counter(), 0
+    while timed < len(batches) - 1 or time.perf_counter() - started < min_seconds:
+        step(batches[1 + timed % (len(batches) - 1)])
+        timed += 1
+    sync(device)
+    return timed * len(batches[0]["index"]) / (time.perf_counter() - started)
+
+
+def train_mfu(cfg: Config, rate: float, tokens: int, device: torch.device) -> float | None:
+    """Model-FLOPs utilisation of ``rate`` training dialogs/s (FLOPs counted per dialog)."""
+    peak = peak_bf16(device)
+    if peak is None:
+        return None
+    return round(rate * flops_per_dialog(cfg.model, tokens, training=True) / peak, 4)
+
+
+def eval_seconds(model: torch.nn.Module, bench: Bench, device: torch.device,
+                 naive: bool = False) -> tuple[Scores, float]:
+    """Scores of the test dialogs and the seconds they took (per set, or naively per dialog)."""
+    sync(device)
+    started = time.perf_counter()
+    if naive:
+        scores = score_examples_naive(model, bench.test_examples, bench.cache, bench.tokenize,
+                                      device)
+    else:
+        scores = score_examples(model, bench.test_examples, bench.cache, bench.tokenize, device,
+                                progress=False)
+    sync(device)
+    return scores, time.perf_counter() - started
+
+
+def bench_preset(preset: str, data: Path, work: Path, steps: int, eval_dialogs: int,
+                 device: torch.device, batch_size: int) -> dict:
+    bench = prepare(preset, data, work, eval_dialogs)
+    model = new_model(bench, device)
+    batches = make_batches(bench, batch_size, steps + 1)
+    tokens = mean_text_tokens(batches[0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     result: dict = {"preset": preset, "batch_size": batch_size, "mean_text_tokens": tokens,
                     "parameters": sum(p.numel() for p in model.parameters())}
     precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
     for precision in precisions:
-        model.train()
-        for i, batch in enumerate(batches):
-            if i == 1:  # the first step warms up kernels and allocators
-                _sync(device)
-                started = time.perf_counter()
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_context(device, precision):
-                loss = compute_losses(model, batch, None, cfg.loss, None)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        _sync(device)
-        rate = steps * batch_size / (time.perf_counter() - started)
+        rate = train_rate(model, bench, optimizer, batches, device, precision)
         entry = {"train_dialogs_per_s": round(rate, 3)}
-        peak = _peak(device)
-        if peak:
-            flops = flops_per_dialog(cfg.model, tokens, training=True)
-            entry["mfu"] = round(rate * flops / peak, 4)
+        mfu = train_mfu(bench.cfg, rate, tokens, device)
+        if mfu is not None:
+            entry["mfu"] = mfu
         result[f"train_{precision}"] = entry
 
-    timings = {}
-    for name, fn in (("cached", score_examples), ("naive", score_examples_naive)):
-        kwargs = {"progress": False} if name == "cached" else {}
-        _sync(device)
-        started = time.perf_counter()
-        fn(model, test_examples, cache, tokenize, device, **kwargs)
-        _sync(device)
-        timings[name] = time.perf_counter() - started
+    timings = {name: eval_seconds(model, bench, device, naive=name == "naive")[1]
+               for name in ("cached", "naive")}
+    test_examples = bench.test_examples
     result["eval_dialogs"] = len(test_examples)
     # What the cache saves: candidate images a naive loop encodes vs distinct ones (+ padding).
     result["eval_candidate_images"] = sum(len(e.rows) for e in test_examples)

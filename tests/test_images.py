@@ -277,7 +277,7 @@ def test_manifests_use_the_images_the_build_script_tags():
 @pytest.mark.parametrize("script", ["scripts/env.sh", "scripts/demo.sh", "scripts/test.sh",
                                     ".ci/run", "images/build.sh", "images/ci-smoke.sh",
                                     "images/debian-base.sh", "images/pip-with-ca.sh",
-                                    "images/kmcuda-toolkit.sh"])
+                                    "images/kmcuda-toolkit.sh", "bench/gpu.sh"])
 def test_entry_scripts_pass_shellcheck(script):
     path = ROOT / script
     subprocess.run(["bash", "-n", str(path)], check=True)

@@ -164,7 +164,9 @@ def emotion_targets(
 # ----------------------------------------------------------------------------- training
 
 
-def _train_epoch(model, loader, optimizer, scheduler, device, precision) -> dict[str, float]:
+def train_epoch(model, loader, optimizer, scheduler, device, precision) -> dict[str, float]:
+    """One pass over ``loader``'s ``(images [N, 3, S, S], labels [N])`` batches; the mean
+    loss and accuracy over every rank."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for images, targets in loader:
@@ -237,8 +239,8 @@ def _load_items(ser30k: str, dist: DistInfo, report: Report) -> tuple[str, dict[
     return root, items
 
 
-def _build_model(seed: int, init_uri: str,
-                 device: torch.device) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+def build_teacher(seed: int, init_uri: str,
+                  device: torch.device) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """The classifier to train (from ``init_uri`` when given) and its init report."""
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = create_teacher_model()
@@ -286,7 +288,7 @@ def _train_teacher(cfg: Config, outputs: TeacherOutputs, init_uri: str, dist: Di
                    on_epoch_end: Callable[[int], None] | None) -> dict[str, Any]:
     e, device, started, report = cfg.emotion, dist.device, time.time(), Report()
     root, items = _load_items(e.ser30k, dist, report)
-    model, init_report = _build_model(e.seed, init_uri, device)
+    model, init_report = build_teacher(e.seed, init_uri, device)
     trained = wrap_ddp(model, dist)
     sampler, loader, val_loader = _loaders(cfg, root, items, dist)
     total_steps = max(1, len(loader) * e.epochs)
@@ -309,7 +311,7 @@ def _train_teacher(cfg: Config, outputs: TeacherOutputs, init_uri: str, dist: Di
         # augmentation randomness depends only on (seed, epoch, rank): a resumed run repeats it
         torch.manual_seed(e.seed * 100_003 + state.epoch * 1_009 + dist.rank)
         record = {"epoch": state.epoch + 1, "lr": scheduler.get_last_lr()[0]}
-        record.update(_train_epoch(trained, loader, optimizer, scheduler, device, e.precision))
+        record.update(train_epoch(trained, loader, optimizer, scheduler, device, e.precision))
         state.epoch += 1
         val, state.best_accuracy = keep_best(
             dist.is_master, state.best_accuracy,
