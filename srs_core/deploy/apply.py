@@ -22,9 +22,10 @@ from typing import Any
 from srs_core.deploy.manifest import CRD_PATH, GROUP, KIND, PLURAL, VERSION
 from srs_core.errors import ConfigError, JobError
 from srs_core.launch.kube import (
+    api_client,
     api_errors,
+    bounded_timeout,
     describe_api_error,
-    kube_configuration,
     request_timeout_from_env,
     status_code,
 )
@@ -98,17 +99,13 @@ class InferenceServices:
     def __init__(self, configuration: Any = None, request_timeout: float | None = None):
         from kubernetes import client
 
-        self.configuration = configuration or kube_configuration()
-        self.configuration.retries = False  # one bounded attempt per request; we retry
-        self.api = client.ApiClient(self.configuration)
+        self.api = api_client(configuration)  # one bounded attempt per request; we retry
+        self.configuration = self.api.configuration
         self.custom = client.CustomObjectsApi(self.api)
         self.request_timeout = request_timeout or request_timeout_from_env()
 
     def _timeout(self, deadline: float | None = None) -> tuple[float, float]:
-        seconds = self.request_timeout
-        if deadline is not None:
-            seconds = min(seconds, max(deadline - time.monotonic(), 0.1))
-        return seconds, seconds
+        return bounded_timeout(self.request_timeout, deadline)
 
     def _error(self, what: str, exc: BaseException, timeout: tuple[float, float]
                ) -> DeployError:

@@ -24,9 +24,10 @@ from srs_core.launch._signals import cancel_on_sigterm
 from srs_core.launch.backend import Backend, JobStatus, get_backend
 from srs_core.launch.explain import explain_failure, pending_detail
 from srs_core.launch.kube import (
+    api_client,
     api_errors,
+    bounded_timeout,
     describe_api_error,
-    kube_configuration,
     request_timeout_from_env,
     status_code,
 )
@@ -72,11 +73,8 @@ class JobLauncher:
         from kubernetes import client
 
         self.backend = get_backend(backend)
-        self.configuration = configuration or kube_configuration()
-        # urllib3 would retry a timed-out GET three times, each with a fresh timeout: the
-        # watch loop retries instead, counting every failure and minding the deadline.
-        self.configuration.retries = False
-        self.api = client.ApiClient(self.configuration)
+        self.api = api_client(configuration)  # the watch loop retries, counting failures
+        self.configuration = self.api.configuration
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
         self.poll_interval = poll_interval
@@ -103,10 +101,7 @@ class JobLauncher:
     # -- single API calls -------------------------------------------------------------------
     def _timeout(self, deadline: float | None = None) -> tuple[float, float]:
         """(connect, read) timeouts of one request, cut to what is left before ``deadline``."""
-        seconds = self.request_timeout
-        if deadline is not None:
-            seconds = min(seconds, max(deadline - time.monotonic(), 0.1))
-        return seconds, seconds
+        return bounded_timeout(self.request_timeout, deadline)
 
     def _error(self, what: str, exc: BaseException, timeout: tuple[float, float]) -> JobError:
         return JobError(f"{what}: {describe_api_error(exc, self.configuration.host, timeout[1])}")

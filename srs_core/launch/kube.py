@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,3 +108,21 @@ def step_owner(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         raise ConfigError(f"job_owner=step needs {' and '.join(OWNER_ENV)} (the pipeline sets "
                           "them from the downward API; `srs job run` needs them exported)")
     return {"name": name, "uid": uid}
+
+
+def bounded_timeout(seconds: float, deadline: float | None = None) -> tuple[float, float]:
+    """(connect, read) timeouts of one request: ``seconds``, cut to what is left before
+    ``deadline`` (a ``time.monotonic()``)."""
+    if deadline is not None:
+        seconds = min(seconds, max(deadline - time.monotonic(), 0.1))
+    return seconds, seconds
+
+
+def api_client(configuration: Any = None) -> Any:
+    """An ApiClient that makes one attempt per request: urllib3 would retry a timed-out GET
+    three times, each with a fresh timeout; callers retry instead, minding their deadlines."""
+    from kubernetes import client
+
+    configuration = configuration or kube_configuration()
+    configuration.retries = False
+    return client.ApiClient(configuration)
