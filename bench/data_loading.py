@@ -5,7 +5,14 @@ each dialog is 10 candidates with the train augmentation and, with SimCLR on, tw
 of each (30 augmented images). Compare with the trainer's dialogs/s per GPU to size
 ``train.num_workers``: workers needed >= GPU dialogs/s / the rate here.
 
-    python bench/data_loading.py [--dialogs 200]
+Both places of the augmentations (``train.augment``) are measured: ``loader`` (per image in
+the worker, ``dialogs_per_s_per_worker``) and ``device``, where the worker only gathers the
+uint8 candidates and draws the parameters (``device_gather_dialogs_per_s``) and the trainer
+augments whole batches (``device_batched_dialogs_per_s``: gather and every augmentation of
+batches of ``--batch`` dialogs, here on this CPU with one thread, the same work as the
+loader path's figure; ``device_vs_loader`` is their ratio).
+
+    python bench/data_loading.py [--dialogs 200] [--batch 32]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pathlib import Path
 import torch
 
 from srs_core.config import load_config
+from srs_core.data.augment import augment_batch
 from srs_core.data.dataset import SrsDataset
 from srs_core.data.examples import load_examples
 from srs_core.data.sticker_cache import build_sticker_cache
@@ -41,9 +49,44 @@ def dialogs_per_s_per_worker(dataset: SrsDataset, dialogs: int | None = None) ->
         torch.set_num_threads(threads)
 
 
+def device_dialogs_per_s(dataset: SrsDataset, dialogs: int | None = None,
+                         batch_size: int = 32, device: str | torch.device = "cpu",
+                         gather: bool = True) -> float:
+    """Dialogs/s of the device path (``dataset`` built with ``on_device=True``): each batch's
+    uint8 candidates and draws gathered (left out of the timing unless ``gather``), moved to
+    ``device`` and augmented there; one CPU thread, after a warm-up batch."""
+    device = torch.device(device)
+    count = min(dialogs or len(dataset), len(dataset))
+    starts = range(0, count - batch_size + 1, batch_size) if count >= batch_size else [0]
+
+    def batch(start: int) -> dict:
+        items = [dataset[i] for i in range(start, min(start + batch_size, count))]
+        return {key: torch.stack([item[key] for item in items]).to(device)
+                for key in ("images", "augment")}
+
+    def run(ready: dict) -> None:
+        augment_batch(ready)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(batch(0))  # warm-up
+        ready = None if gather else [batch(start) for start in starts]
+        started = time.perf_counter()
+        for n, start in enumerate(starts):
+            run(batch(start) if gather else ready[n])
+        done = sum(min(batch_size, count - start) for start in starts)
+        return done / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dialogs", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=32, help="dialogs per device batch")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,14 +103,22 @@ def main() -> None:
             for simclr in (False, True):
                 dataset = SrsDataset(examples, cache, train=True, simclr=simclr)
                 rate = dialogs_per_s_per_worker(dataset)
+                on_device = SrsDataset(examples, cache, train=True, simclr=simclr,
+                                       on_device=True)
+                gather = dialogs_per_s_per_worker(on_device)
+                batched = device_dialogs_per_s(on_device, batch_size=args.batch)
                 results.append({
                     "preset": preset, "image_size": size, "simclr": simclr,
                     "dialogs": len(dataset), "images_per_dialog": 30 if simclr else 10,
                     "dialogs_per_s_per_worker": round(rate, 2),
                     "ms_per_dialog": round(1000 / rate, 2),
+                    "device_gather_dialogs_per_s": round(gather, 2),
+                    "device_batched_dialogs_per_s": round(batched, 2),
+                    "device_ms_per_dialog": round(1000 / batched, 2),
+                    "device_vs_loader": round(batched / rate, 2),
                 })
-    print(json.dumps({"benchmark": "data_loading", "threads": 1, "results": results},
-                     indent=2))
+    print(json.dumps({"benchmark": "data_loading", "threads": 1, "device_batch": args.batch,
+                      "results": results}, indent=2))
 
 
 if __name__ == "__main__":

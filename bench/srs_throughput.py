@@ -1,9 +1,14 @@
 """Training and evaluation throughput of the selector; prints JSON.
 
 For each preset (tiny, paper): training dialogs/s (forward + backward + optimizer step on real
-demo batches, every loss term on but the emotion teacher), evaluation dialogs/s with the
-per-set sticker encoding, and the same evaluation done naively per dialog (the reference
-code's way) in the same run, with the speed-up ratio. On a GPU it also reports fp32 vs bf16
+demo batches, every loss term on but the emotion teacher), and evaluation dialogs/s of three
+loops on the same dialogs in the same run: ours (each sticker encoded once with its
+cross-attention keys/values, contexts sorted by length, fixed-size batches), the authors'
+``train.py:eval()`` restated on our model (batches of 4 dialogs, every candidate re-encoded)
+and a naive per-dialog loop, with our speed-up over each and the largest score difference.
+Evaluation runs on the demo test split (paper protocol) and on splits where every sticker set
+answers ``--dialogs-per-set`` dialogs (sharing sets, and so stickers, as a real test split
+does). On a GPU it also reports fp32 vs bf16
 training throughput and model-FLOPs utilisation (MFU) against the GPU's dense bf16 peak.
 
     python bench/srs_throughput.py [--presets tiny,paper] [--steps 5] [--eval-dialogs 200]
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,11 +29,11 @@ import torch
 
 from srs_core.config import Config, load_config
 from srs_core.data.dataset import SrsDataset, make_collate
-from srs_core.data.examples import load_examples
+from srs_core.data.examples import Example, load_examples
 from srs_core.data.sticker_cache import StickerCache, build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
-from srs_core.evaluate import Scores, score_examples, score_examples_naive
+from srs_core.evaluate import Scores, score_examples, score_examples_naive, sticker_pixels
 from srs_core.model import flops_per_dialog
 from srs_core.model.factory import build_model
 from srs_core.model.losses import compute_losses
@@ -134,23 +140,99 @@ def train_mfu(cfg: Config, rate: float, tokens: int, device: torch.device) -> fl
     return round(rate * flops_per_dialog(cfg.model, tokens, training=True) / peak, 4)
 
 
+def score_authors_style(model: torch.nn.Module, examples: list, cache: StickerCache,
+                        tokenize: ContextTokenizer, device: torch.device,
+                        batch_size: int = 4) -> Scores:
+    """The authors' ``train.py:eval()`` restated on our model: batches of ``batch_size`` dialogs
+    (``batch_size_test: 4``), contexts padded to the longest of the batch, all ``B*10``
+    candidate images encoded (a sticker again for every dialog that ranks it, the positive
+    twice when the paper protocol lists it twice), the context repeated per candidate through
+    every fusion layer. Images come from our sticker cache, so their loader is not timed."""
+    model.eval()
+    itm, ita = [], []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
+            b, c = len(batch), len(batch[0].rows)
+            rows = [r for example in batch for r in example.rows]
+            image_tokens, image_feat = model.encode_image(sticker_pixels(cache, rows, device))
+            ids, mask = (t.to(device) for t in tokenize([e.utterances for e in batch]))
+            text_tokens, text_feat = model.encode_text(ids, mask)
+            ita.append(torch.einsum("be,bce->bc", text_feat, image_feat.view(b, c, -1)))
+            logits = model.itm_logits(text_tokens.repeat_interleave(c, dim=0),
+                                      mask.repeat_interleave(c, dim=0), image_tokens)
+            itm.append(logits[:, 1].view(b, c))
+    return Scores(torch.cat(itm).float().cpu().numpy(), torch.cat(ita).float().cpu().numpy())
+
+
+LOOPS = ("ours", "authors", "naive")
+
+
 def eval_seconds(model: torch.nn.Module, bench: Bench, device: torch.device,
-                 naive: bool = False) -> tuple[Scores, float]:
-    """Scores of the test dialogs and the seconds they took (per set, or naively per dialog)."""
+                 loop: str = "ours", examples: list | None = None) -> tuple[Scores, float]:
+    """Scores of ``examples`` (default: the bench's test dialogs) and the seconds they took,
+    with our evaluation (``ours``), the authors' loop (``authors``) or naively per dialog."""
+    examples = bench.test_examples if examples is None else examples
     sync(device)
     started = time.perf_counter()
-    if naive:
-        scores = score_examples_naive(model, bench.test_examples, bench.cache, bench.tokenize,
-                                      device)
+    if loop == "naive":
+        scores = score_examples_naive(model, examples, bench.cache, bench.tokenize, device)
+    elif loop == "authors":
+        scores = score_authors_style(model, examples, bench.cache, bench.tokenize, device)
     else:
-        scores = score_examples(model, bench.test_examples, bench.cache, bench.tokenize, device,
-                                progress=False)
+        scores = score_examples(model, examples, bench.cache, bench.tokenize, device,
+                                batch_size=bench.cfg.eval.batch_size, progress=False)
     sync(device)
     return scores, time.perf_counter() - started
 
 
+def shared_split(bench: Bench, dialogs_per_set: int, sets: int = 0, seed: int = 0) -> list:
+    """A test split where every sticker set of the cache answers ``dialogs_per_set`` dialogs
+    (answers drawn uniformly from the set, paper-protocol candidates, contexts taken in turn
+    from the demo test split; ``sets`` > 0 takes only that many sets): how much dialogs share
+    sets, and so stickers, set apart."""
+    rng = random.Random(seed)
+    texts = [example.utterances for example in bench.test_examples]
+    examples = []
+    chosen = list(bench.cache.sets.items())[:sets or None]
+    for set_id, stickers in chosen:
+        for _ in range(dialogs_per_set):
+            sticker = rng.choice(stickers)
+            rows = bench.cache.candidate_rows(set_id, sticker, protocol="paper")
+            examples.append(Example(len(examples), texts[len(examples) % len(texts)], set_id,
+                                    sticker, tuple(rows), (0.0, 0.0)))
+    return examples
+
+
+def compare_evaluation(model: torch.nn.Module, bench: Bench, examples: list,
+                       device: torch.device, loops: tuple[str, ...] = LOOPS) -> dict:
+    """Seconds of each evaluation loop on the same dialogs, ours' speed-up over each, and the
+    largest score difference from ours (the loops must agree)."""
+    for loop in loops:  # warm-up: kernels, allocators, the first tokenizer calls
+        eval_seconds(model, bench, device, loop, examples[:8])
+    runs = {loop: eval_seconds(model, bench, device, loop, examples) for loop in loops}
+    ours, seconds = runs["ours"][0], runs["ours"][1]
+    sets = {e.set_id for e in examples}
+    tokens = [len(bench.tokenize([e.utterances])[0][0]) for e in examples]
+    result = {
+        "dialogs": len(examples), "sets": len(sets),
+        "dialogs_per_set": round(len(examples) / len(sets), 2),
+        "candidate_images": sum(len(e.rows) for e in examples),
+        "distinct_images": len({r for e in examples for r in e.rows}),
+        "mean_text_tokens": round(sum(tokens) / len(tokens), 1),
+    }
+    for loop, (scores, spent) in runs.items():
+        result[f"{loop}_dialogs_per_s"] = round(len(examples) / spent, 3)
+        if loop != "ours":
+            result[f"speedup_vs_{loop}"] = round(spent / seconds, 2)
+            result[f"max_itm_diff_vs_{loop}"] = float(abs(scores.itm - ours.itm).max())
+            result[f"max_ita_diff_vs_{loop}"] = float(abs(scores.ita - ours.ita).max())
+    return result
+
+
 def bench_preset(preset: str, data: Path, work: Path, steps: int, eval_dialogs: int,
-                 device: torch.device, batch_size: int) -> dict:
+                 device: torch.device, batch_size: int,
+                 dialogs_per_set: tuple[int, ...] = (), shared_sets: int = 0) -> dict:
     bench = prepare(preset, data, work, eval_dialogs)
     model = new_model(bench, device)
     batches = make_batches(bench, batch_size, steps + 1)
@@ -167,16 +249,13 @@ def bench_preset(preset: str, data: Path, work: Path, steps: int, eval_dialogs: 
             entry["mfu"] = mfu
         result[f"train_{precision}"] = entry
 
-    timings = {name: eval_seconds(model, bench, device, naive=name == "naive")[1]
-               for name in ("cached", "naive")}
-    test_examples = bench.test_examples
-    result["eval_dialogs"] = len(test_examples)
-    # What the cache saves: candidate images a naive loop encodes vs distinct ones (+ padding).
-    result["eval_candidate_images"] = sum(len(e.rows) for e in test_examples)
-    result["eval_distinct_images"] = len({r for e in test_examples for r in e.rows})
-    result["eval_cached_dialogs_per_s"] = round(len(test_examples) / timings["cached"], 3)
-    result["eval_naive_dialogs_per_s"] = round(len(test_examples) / timings["naive"], 3)
-    result["eval_cache_speedup"] = round(timings["naive"] / timings["cached"], 2)
+    paper_test = load_examples(str(data / "stickerchat"), "test", bench.cache,
+                               protocol="paper")[:eval_dialogs]
+    result["eval"] = {"demo_test_paper_protocol": compare_evaluation(model, bench, paper_test,
+                                                                     device)}
+    for per_set in dialogs_per_set:
+        result["eval"][f"shared_{per_set}_per_set"] = compare_evaluation(
+            model, bench, shared_split(bench, per_set, shared_sets), device, ("ours", "authors"))
     return result
 
 
@@ -186,6 +265,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-dialogs", type=int, default=200)
+    parser.add_argument("--dialogs-per-set", default="3,10",
+                        help="shared-set test splits to compare evaluation loops on")
+    parser.add_argument("--shared-sets", type=int, default=0,
+                        help="sticker sets in each shared-set split (0 = all 30)")
     parser.add_argument("--dialogs", type=int, default=1200,
                         help="demo training dialogs (the test split gets a sixth)")
     args = parser.parse_args()
@@ -193,9 +276,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         synthesize(work / "data", seed=0, dialogs=args.dialogs, sets=30, images=70)
+        per_set = tuple(int(n) for n in args.dialogs_per_set.split(",") if n)
         results = [
             bench_preset(p, work / "data", work, args.steps, args.eval_dialogs, device,
-                         args.batch_size)
+                         args.batch_size, per_set, args.shared_sets)
             for p in args.presets.split(",")
         ]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

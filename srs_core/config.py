@@ -9,7 +9,6 @@ the source (file or override) and the key.
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +17,13 @@ from typing import Any
 
 import yaml
 
-from srs_core.config_checks import CHOICES, coerce, safe_load_unique, validate
+from srs_core.config_checks import (  # noqa: F401  (check_run_parameters: re-exported)
+    CHOICES,
+    check_run_parameters,
+    coerce,
+    safe_load_unique,
+    validate,
+)
 from srs_core.errors import ConfigError
 
 
@@ -59,6 +64,9 @@ class ModelConfig:
     vocab: str = ""  # URI of vocab.txt ("" = <text_init>/vocab.txt, else built from the data)
     # bert-base-chinese is cased; <text_init>/tokenizer_config.json's do_lower_case wins
     lowercase: bool = False
+    # sdpa: every attention (text, fusion, vision) through torch's fused kernel; eager: the
+    # reference softmax path (same weights and results to ~1e-5, slower)
+    attention: str = "sdpa"
 
 
 @dataclass
@@ -121,9 +129,18 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
     log_every: int = 20
     num_workers: int = 2
+    # auto (device on CUDA, else loader) | loader (per image in the workers) | device (batched
+    # on the training device; the workers only gather uint8 stickers): where images augment
+    augment: str = "auto"
     seed: int = 42
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit)
+    # micro-batches of batch_size dialogs per optimizer step (global batch = batch_size x
+    # processes x grad_accumulation); steps, schedule and cadences count optimizer steps
+    grad_accumulation: int = 1
+    # none | default | reduce-overhead | max-autotune: torch.compile mode of the trained module
+    compile: str = "none"
+    compile_backend: str = "inductor"  # aot_eager: compiled graphs without a C++ compiler
 
 
 @dataclass
@@ -142,6 +159,9 @@ class EmotionConfig:
     num_workers: int = 2
     seed: int = 0
     precision: str = "auto"
+    # the teacher's convolutions: auto (channels_last on CUDA, contiguous elsewhere) |
+    # channels_last | contiguous
+    memory_format: str = "auto"
     k: int = 60  # anchors per emotion class
     kmeans_backend: str = "auto"  # auto | kmcuda | cpu
     kmeans_iterations: int = 100
@@ -298,49 +318,4 @@ def load_config(
     for text in overrides:
         _apply(cfg, parse_override(text), f"override {text!r}")
     validate(cfg)
-    return cfg
-
-
-EVAL_SPLITS = ("val", "test")  # the training split is never reported as an evaluation result
-
-
-def check_run_parameters(
-    *,
-    preset: str,
-    overrides: str,
-    anchors_k: int,
-    epochs: int,
-    batch_size: int,
-    train_nodes: int,
-    gpus_per_node: int,
-    eval_split: str,
-    train_timeout_hours: float,
-    sentiment_workers: int,
-) -> Config:
-    """The pipeline's run parameters under the config's rules, before any step does work.
-
-    Returns the configuration the training step will build; raises :class:`ConfigError`
-    naming the first bad parameter.
-    """
-    import shlex
-
-    try:
-        words = shlex.split(overrides)
-    except ValueError as exc:
-        raise ConfigError(f"parameter overrides={overrides!r}: {exc}") from None
-    settings = [f"emotion.k={anchors_k}", f"train.epochs={epochs}",
-                f"train.batch_size={batch_size}"]
-    cfg = load_config([], [*words, *settings], preset=preset)
-    counts = {"train_nodes": train_nodes, "gpus_per_node": gpus_per_node}
-    for name, value in counts.items():
-        if value < 1:
-            raise ConfigError(f"parameter {name} must be at least 1, got {value}")
-    if sentiment_workers < 0:
-        raise ConfigError(f"parameter sentiment_workers must be >= 0 (0 = all cores), got "
-                          f"{sentiment_workers}")
-    if not (math.isfinite(train_timeout_hours) and train_timeout_hours > 0):
-        raise ConfigError(f"parameter train_timeout_hours must be > 0, got {train_timeout_hours}")
-    if eval_split not in EVAL_SPLITS:
-        raise ConfigError(f"parameter eval_split must be one of {', '.join(EVAL_SPLITS)}, got "
-                          f"{eval_split!r} (the training split is never an evaluation result)")
     return cfg

@@ -2,7 +2,8 @@
 
 :mod:`srs_core.config` applies them: :func:`coerce` to each value as it is set, :data:`CHOICES`
 to the settings that name one of a few modes, :func:`validate` to the whole configuration once
-it is built, and :func:`safe_load_unique` to read its YAML files.
+it is built, and :func:`safe_load_unique` to read its YAML files. :func:`check_run_parameters`
+judges a pipeline run's parameters (re-exported by :mod:`srs_core.config`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 CHOICES = {
     ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("train", "augment"): ("auto", "loader", "device"),
     ("emotion", "precision"): ("auto", "fp32", "bf16"),
     ("emotion", "kmeans_backend"): ("auto", "kmcuda", "cpu"),
     ("loss", "hard_negative_scale"): ("paper", "temperature"),
@@ -29,6 +31,9 @@ CHOICES = {
     ("train", "lr_schedule"): ("paper", "cosine_per_step"),
     ("train", "lr_scaling"): ("none", "linear", "sqrt"),
     ("eval", "protocol"): ("strict", "paper"),
+    ("model", "attention"): ("sdpa", "eager"),
+    ("train", "compile"): ("none", "default", "reduce-overhead", "max-autotune"),
+    ("emotion", "memory_format"): ("auto", "channels_last", "contiguous"),
 }
 
 
@@ -66,7 +71,7 @@ _POSITIVE = {
               "embed_dim", "temperature", "simclr_hidden", "simclr_dim"),
     "loss": ("simclr_temperature",),
     "train": ("epochs", "batch_size", "lr", "checkpoint_every", "log_every",
-              "warmup_step_iterations"),
+              "warmup_step_iterations", "grad_accumulation"),
     "emotion": ("image_size", "epochs", "batch_size", "lr", "k", "kmeans_iterations"),
     "eval": ("batch_size", "paper_evals_per_epoch"),
 }
@@ -126,3 +131,50 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def safe_load_unique(text: str) -> Any:
     """``yaml.safe_load`` that raises :class:`ConfigError` on duplicate mapping keys."""
     return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+EVAL_SPLITS = ("val", "test")  # the training split is never reported as an evaluation result
+
+
+def check_run_parameters(
+    *,
+    preset: str,
+    overrides: str,
+    anchors_k: int,
+    epochs: int,
+    batch_size: int,
+    train_nodes: int,
+    gpus_per_node: int,
+    eval_split: str,
+    train_timeout_hours: float,
+    sentiment_workers: int,
+) -> Config:
+    """The pipeline's run parameters under the config's rules, before any step does work.
+
+    Returns the configuration the training step will build; raises :class:`ConfigError`
+    naming the first bad parameter.
+    """
+    import shlex
+
+    from srs_core.config import load_config
+
+    try:
+        words = shlex.split(overrides)
+    except ValueError as exc:
+        raise ConfigError(f"parameter overrides={overrides!r}: {exc}") from None
+    settings = [f"emotion.k={anchors_k}", f"train.epochs={epochs}",
+                f"train.batch_size={batch_size}"]
+    cfg = load_config([], [*words, *settings], preset=preset)
+    counts = {"train_nodes": train_nodes, "gpus_per_node": gpus_per_node}
+    for name, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"parameter {name} must be at least 1, got {value}")
+    if sentiment_workers < 0:
+        raise ConfigError(f"parameter sentiment_workers must be >= 0 (0 = all cores), got "
+                          f"{sentiment_workers}")
+    if not (math.isfinite(train_timeout_hours) and train_timeout_hours > 0):
+        raise ConfigError(f"parameter train_timeout_hours must be > 0, got {train_timeout_hours}")
+    if eval_split not in EVAL_SPLITS:
+        raise ConfigError(f"parameter eval_split must be one of {', '.join(EVAL_SPLITS)}, got "
+                          f"{eval_split!r} (the training split is never an evaluation result)")
+    return cfg

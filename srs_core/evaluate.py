@@ -23,6 +23,7 @@ from srs_core.data.examples import Example
 from srs_core.data.sticker_cache import PAD_ROW, StickerCache, gather
 from srs_core.data.transforms import eval_transform
 from srs_core.metrics import rank_metrics
+from srs_core.model.scoring import ImageMemory, image_memory, match_scores
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class Scores:
     ita: np.ndarray
 
 
-def _images(cache: StickerCache, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+def sticker_pixels(cache: StickerCache, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The model's input ``[N, 3, S, S]`` for the stickers at ``rows`` of the cache."""
     raw = torch.from_numpy(gather(cache, rows)).permute(0, 3, 1, 2)
     transform = eval_transform()
     return torch.stack([transform(img) for img in raw]).to(device)  # [N, 3, S, S]
@@ -56,6 +58,38 @@ def _score_group(
     return itm.float(), ita.float()
 
 
+def sticker_chunks(examples: Sequence[Example], max_images: int) -> list[list[int]]:
+    """Dialog indices in chunks of whole sticker sets, each needing at most ``max_images``
+    distinct stickers (a set that alone needs more is a chunk of its own)."""
+    by_set: dict[int, list[int]] = defaultdict(list)
+    for i, example in enumerate(examples):
+        by_set[example.set_id].append(i)
+    chunks: list[list[int]] = []
+    rows: set[int] = set()
+    for members in by_set.values():
+        needed = {r for i in members for r in examples[i].rows}
+        if chunks and len(rows | needed) <= max_images:
+            chunks[-1].extend(members)
+            rows |= needed
+        else:
+            chunks.append(list(members))
+            rows = needed
+    return chunks
+
+
+def _encode_stickers(
+    model, cache: StickerCache, rows: Sequence[int], device: torch.device, batch_size: int
+) -> tuple[torch.Tensor, ImageMemory]:
+    """ITA features ``[R, E]`` and the fusion encoder's memory of the stickers at ``rows``."""
+    features, memories = [], []
+    for start in range(0, len(rows), batch_size):
+        pixels = sticker_pixels(cache, rows[start:start + batch_size], device)
+        tokens, feature = model.encode_image(pixels)
+        features.append(feature)
+        memories.append(image_memory(model, tokens))
+    return torch.cat(features), ImageMemory.concat(memories)
+
+
 @torch.no_grad()
 def score_examples(
     model,
@@ -65,33 +99,39 @@ def score_examples(
     device: torch.device,
     batch_size: int = 32,
     progress: bool = True,
+    max_images: int = 256,
 ) -> Scores:
-    """Scores of every dialog's candidates, encoding each distinct sticker once."""
+    """Scores of every dialog's candidates, encoding each distinct sticker once.
+
+    Dialogs are taken in chunks of whole sticker sets (:func:`sticker_chunks`); a chunk's
+    stickers are encoded in batches of ``batch_size`` together with their cross-attention
+    keys and values (:mod:`srs_core.model.scoring`), then its dialogs, sorted by context
+    length to cut padding, are scored ``batch_size`` at a time against their candidates.
+    """
     from tqdm import tqdm
 
     model.eval()
-    by_set: dict[int, list[int]] = defaultdict(list)
-    for i, example in enumerate(examples):
-        by_set[example.set_id].append(i)
     n, c = len(examples), len(examples[0].rows)
     itm, ita = np.zeros((n, c), np.float32), np.zeros((n, c), np.float32)
     bar = tqdm(total=n, unit="dialog", desc="score", disable=not progress)
-    for members in by_set.values():
-        rows = sorted({r for i in members for r in examples[i].rows} | {PAD_ROW})
+    for chunk in sticker_chunks(examples, max_images):
+        rows = sorted({r for i in chunk for r in examples[i].rows})
         position = {row: j for j, row in enumerate(rows)}
-        image_tokens, image_feat = model.encode_image(_images(cache, rows, device))
-        for start in range(0, len(members), batch_size):
-            chunk = members[start:start + batch_size]
-            ids, mask = tokenize([examples[i].utterances for i in chunk])
-            text_tokens, text_feat = model.encode_text(ids.to(device), mask.to(device))
-            index = torch.tensor(
-                [[position[r] for r in examples[i].rows] for i in chunk], device=device
-            )
-            s_itm, s_ita = _score_group(
-                model, text_tokens, mask.to(device), text_feat, image_tokens, image_feat, index
-            )
-            itm[chunk], ita[chunk] = s_itm.cpu().numpy(), s_ita.cpu().numpy()
-            bar.update(len(chunk))
+        image_feat, memory = _encode_stickers(model, cache, rows, device, batch_size)
+        ids, mask = tokenize([examples[i].utterances for i in chunk])
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        for start in range(0, len(chunk), batch_size):
+            picked = order[start:start + batch_size]
+            length = int(lengths[picked].max())
+            batch_mask = mask[picked, :length].to(device)
+            text_tokens, text_feat = model.encode_text(ids[picked, :length].to(device), batch_mask)
+            dialogs = [chunk[j] for j in picked.tolist()]
+            index = torch.tensor([[position[r] for r in examples[i].rows] for i in dialogs],
+                                 device=device)
+            itm[dialogs] = match_scores(model, text_tokens, batch_mask, memory, index).float().cpu()
+            ita[dialogs] = torch.einsum("be,bce->bc", text_feat, image_feat[index]).float().cpu()
+            bar.update(len(dialogs))
     bar.close()
     return Scores(itm, ita)
 
@@ -108,7 +148,7 @@ def score_examples_naive(
     model.eval()
     itm, ita = [], []
     for example in examples:
-        image_tokens, image_feat = model.encode_image(_images(cache, example.rows, device))
+        image_tokens, image_feat = model.encode_image(sticker_pixels(cache, example.rows, device))
         ids, mask = tokenize([example.utterances])
         text_tokens, text_feat = model.encode_text(ids.to(device), mask.to(device))
         index = torch.arange(len(example.rows), device=device)[None]

@@ -70,6 +70,42 @@ def test_load_teacher_takes_a_whole_classifier_checkpoint(tmp_path: Path) -> Non
         assert torch.allclose(load_teacher(str(path), "cpu")(images), expected, atol=1e-5)
 
 
+def test_channels_last_is_a_switch_of_the_teacher(tmp_path: Path) -> None:
+    """``emotion.memory_format``: channels-last on GPU by default, forced or refused anywhere;
+    the frozen teacher gives the same features and the trained one feeds NHWC images."""
+    from srs_core.emotion.teacher import build_teacher, train_epoch
+    from srs_core.runtime.device import memory_format_for
+
+    cpu, cuda, nhwc = torch.device("cpu"), torch.device("cuda"), torch.channels_last
+    assert memory_format_for(cuda) == nhwc and memory_format_for(cpu) == torch.contiguous_format
+    assert memory_format_for(cuda, "contiguous") == torch.contiguous_format
+    assert memory_format_for(cpu, "channels_last") == nhwc
+    assert load_config(preset="tiny").emotion.memory_format == "auto"
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(overrides=["emotion.memory_format=nhwc"])
+
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pth"
+    torch.save(backbone_state_dict(create_teacher_model()), path)
+    plain, fast = load_teacher(str(path), "cpu"), load_teacher(str(path), "cpu", "channels_last")
+    assert fast.conv1.weight.is_contiguous(memory_format=nhwc)
+    assert not plain.conv1.weight.is_contiguous(memory_format=nhwc)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-4)
+
+    model, _ = build_teacher(0, "", cpu, "channels_last")
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(
+        args[0].is_contiguous(memory_format=nhwc)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loader = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))]
+    result = train_epoch(model, loader, optimizer, scheduler, cpu, "fp32", "channels_last")
+    assert np.isfinite(result["train_loss"]) and seen == [True]
+    assert model.conv1.weight.is_contiguous(memory_format=nhwc)
+
+
 def test_load_teacher_rejects_other_files(tmp_path: Path) -> None:
     path = tmp_path / "partial.pth"
     state = create_teacher_model().state_dict()

@@ -13,7 +13,7 @@ from srs_core.data.examples import load_examples
 from srs_core.data.sticker_cache import build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
-from srs_core.evaluate import score_examples, score_examples_naive, summarize
+from srs_core.evaluate import score_examples, score_examples_naive, sticker_chunks, summarize
 from srs_core.metrics import rank_metrics
 from srs_core.model.factory import build_model
 from srs_core.model.tokenizer import ContextTokenizer
@@ -45,6 +45,25 @@ def test_cached_scoring_equals_naive(setup) -> None:
     np.testing.assert_allclose(cached.itm, naive.itm, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cached.ita, naive.ita, rtol=1e-4, atol=1e-5)
     assert summarize(cached)["MAP"] == pytest.approx(rank_metrics(naive.itm)["MAP"], abs=1e-6)
+
+
+@pytest.mark.parametrize("max_images", [1, 25])
+def test_chunked_scoring_equals_naive(setup, max_images: int) -> None:
+    """Small chunks (one set each, or a few sets): sorting, batching across sets and the
+    per-chunk sticker memory give the per-dialog scores."""
+    model, examples, cache, tokenize = setup
+    device = torch.device("cpu")
+    chunks = sticker_chunks(examples, max_images)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(examples)))
+    if max_images == 1:
+        assert len(chunks) == len({e.set_id for e in examples})
+    else:
+        assert 1 < len(chunks) < len({e.set_id for e in examples})
+    cached = score_examples(model, examples, cache, tokenize, device, batch_size=5,
+                            progress=False, max_images=max_images)
+    naive = score_examples_naive(model, examples, cache, tokenize, device)
+    np.testing.assert_allclose(cached.itm, naive.itm, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cached.ita, naive.ita, rtol=1e-4, atol=1e-5)
 
 
 def test_summary_has_protocol_and_ita_metrics(setup) -> None:

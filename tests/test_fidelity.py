@@ -193,6 +193,26 @@ def test_global_batch_is_explicit_and_scales_the_lr(caplog: pytest.LogCaptureFix
         load_config(overrides=["train.lr_scaling=quadratic"])
 
 
+def test_global_batch_counts_accumulated_micro_batches() -> None:
+    """The paper's global batch 8 on one process: 4 dialogs x 2 accumulated micro-batches."""
+    one_gpu = load_config(overrides=["train.global_batch_size=8", "train.grad_accumulation=2"])
+    assert one_gpu.train.batch_size == 4
+    assert global_batch(one_gpu, 1, False) == (8, 1.0)
+    with pytest.raises(ConfigError, match="4 dialogs x 2 processes x 2 micro-batches = 16; "
+                                          "set train.grad_accumulation=1"):
+        global_batch(one_gpu, 2, False)
+    unaccumulated = load_config(overrides=["train.global_batch_size=8"])
+    with pytest.raises(ConfigError, match="set train.grad_accumulation=2 to keep"):
+        global_batch(unaccumulated, 1, False)
+    ragged = load_config(overrides=["train.global_batch_size=6"])
+    with pytest.raises(ConfigError, match="change train.batch_size, train.grad_accumulation"):
+        global_batch(ragged, 1, False)
+    linear = load_config(overrides=["train.lr_scaling=linear", "train.grad_accumulation=4"])
+    assert global_batch(linear, 2, False) == (32, 4.0)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_config(overrides=["train.grad_accumulation=0"])
+
+
 def test_multi_node_overlay_says_what_its_global_batch_does() -> None:
     text = (Path(__file__).parents[1] / "manifests/overlays/multi-node-gpu/kustomization.yaml")
     text = text.read_text()

@@ -211,3 +211,50 @@ def test_inter_topic_gather_gives_the_global_gradient() -> None:
         assert loss == pytest.approx(reference.item(), rel=1e-5)
         assert torch.allclose(torch.tensor(grad1), ref1.grad[rank * 4:(rank + 1) * 4], atol=1e-6)
         assert torch.allclose(torch.tensor(grad2), ref2.grad[rank * 4:(rank + 1) * 4], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bf16 autocast
+
+
+def _bf16(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).bfloat16()
+
+
+def _normal(*shape: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(*shape), dim=-1).bfloat16()
+
+
+@pytest.mark.parametrize("name", ["ita", "itm", "simclr_intra", "simclr_inter", "emotion",
+                                  "mining"])
+def test_losses_are_fp32_islands_under_bf16_autocast(name: str) -> None:
+    """Each loss on bf16 inputs inside a CPU bf16 autocast equals, in float32, the loss of the
+    same (bf16-rounded) inputs computed without autocast: autocast must not run its softmax
+    inputs' matmuls in bf16."""
+    from srs_core.model.losses import mining_similarities
+
+    torch.manual_seed(0)
+    temperature = torch.tensor(0.07)
+    positive = torch.arange(4) * 10
+    calls = {
+        "ita": lambda t, i: ita_loss(t, i, temperature),
+        "itm": itm_loss,
+        "simclr_intra": lambda z1, z2: nt_xent(z1, z2, 0.1),
+        "simclr_inter": lambda z1, z2: nt_xent(z1, z2, 0.1),
+        "emotion": emotion_kl,
+        "mining": lambda t, i: torch.cat(
+            [s.flatten() for s in mining_similarities(t, i, positive, temperature)]),
+    }
+    inputs = {
+        "ita": (_normal(4, 64), _normal(4, 10, 64)),
+        "itm": (_bf16(12, 2) * 3, torch.randint(0, 2, (12,))),
+        "simclr_intra": (_bf16(4, 10, 32), _bf16(4, 10, 32)),
+        "simclr_inter": (_bf16(40, 32), _bf16(40, 32)),
+        "emotion": (_bf16(40, 28) * 5, _bf16(40, 28) * 300),  # teacher-like magnitudes
+        "mining": (_normal(4, 64), _normal(40, 64)),
+    }[name]
+    loss = calls[name]
+    reference = loss(*(x.float() if x.is_floating_point() else x for x in inputs))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(*inputs)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, rtol=1e-6, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,82 @@ def test_vocabulary_without_special_tokens_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "vocab.txt").write_text("a\nb\n")
     with pytest.raises(ConfigError, match=r"\[PAD\]"):
         load_tokenizer(tmp_path / "vocab.txt")
+
+
+# ----------------------------------------------------------------------------- attention paths
+
+
+def _attention_twins(cfg) -> tuple[SrsModel, SrsModel]:
+    """The same weights under ``model.attention=sdpa`` and ``eager``, in eval mode."""
+    torch.manual_seed(0)
+    sdpa = SrsModel(cfg.model, num_anchor_logits=7 * K).eval()
+    eager = SrsModel(dataclasses.replace(cfg.model, attention="eager"), 7 * K).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    return sdpa, eager
+
+
+def _outputs(model: SrsModel, batch: dict) -> dict[str, torch.Tensor]:
+    """Image tokens, text tokens, ITM logits and the training loss of ``batch``."""
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        image_tokens, _ = model.encode_image(batch["images"][:, 0])
+        text_tokens, _ = model.encode_text(batch["input_ids"], mask)
+        itm = model.itm_logits(text_tokens, mask, image_tokens)
+        loss = compute_losses(model, batch, None, LossConfig(emotion=False),
+                              torch.Generator().manual_seed(0))["loss"]
+    return {"image": image_tokens, "text": text_tokens, "itm": itm, "loss": loss}
+
+
+def test_eager_attention_matches_sdpa_with_padded_text(cfg) -> None:
+    sdpa, eager = _attention_twins(cfg)
+    torch.manual_seed(1)
+    batch = _batch(cfg)  # row 0 is half padding
+    fused, reference = _outputs(sdpa, batch), _outputs(eager, batch)
+    for key in fused:
+        torch.testing.assert_close(fused[key], reference[key], rtol=1e-5, atol=1e-5)
+    # The eager path reads an additive mask: padding must still be masked out there.
+    short = {**batch, "input_ids": batch["input_ids"][:1, :6],
+             "attention_mask": batch["attention_mask"][:1, :6]}
+    unpadded, _ = eager.encode_text(short["input_ids"], short["attention_mask"])
+    torch.testing.assert_close(unpadded[0], reference["text"][0, :6], rtol=1e-5, atol=1e-5)
+
+
+class _CountAttention(torch.overrides.TorchFunctionMode):
+    """Counts calls of ``torch.nn.functional.scaled_dot_product_attention``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _attention_calls(model: SrsModel, cfg) -> dict[str, int]:
+    s, t = cfg.model.image_size, 7
+    ids, mask = torch.randint(5, 99, (2, t)), torch.ones(2, t, dtype=torch.long)
+    counts = {}
+    with torch.no_grad():
+        with _CountAttention() as counter:
+            image_tokens, _ = model.encode_image(torch.randn(2, 3, s, s))
+        counts["vision"] = counter.calls
+        with _CountAttention() as counter:
+            text_tokens, _ = model.encode_text(ids, mask)
+        counts["text"] = counter.calls
+        with _CountAttention() as counter:
+            model.itm_logits(text_tokens, mask, image_tokens)
+        counts["fusion"] = counter.calls
+    return counts
+
+
+def test_sdpa_switch_reaches_every_encoder(cfg) -> None:
+    sdpa, eager = _attention_twins(cfg)
+    m = cfg.model
+    # one call per layer; a fusion layer attends twice (self, then cross to the image)
+    assert _attention_calls(sdpa, cfg) == {
+        "vision": m.vision_depth, "text": m.text_layers, "fusion": 2 * m.fusion_layers}
+    assert _attention_calls(eager, cfg) == {"vision": 0, "text": 0, "fusion": 0}
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(preset="tiny", overrides=["model.attention=flash"])

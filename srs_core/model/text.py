@@ -41,15 +41,24 @@ def bert_config(cfg: ModelConfig) -> BertConfig:
         max_position_embeddings=cfg.max_position,
         type_vocab_size=2,  # as bert-base-chinese, so its token_type embeddings load
     )
-    # The layers take boolean masks, which only the SDPA path reads as masks (the eager path
-    # would add them to the scores); SDPA is also the fast kernel on GPU.
-    config._attn_implementation = "sdpa"
+    # model.attention: "sdpa" runs torch's fused scaled_dot_product_attention (the fast
+    # kernel on GPU), "eager" transformers' matmul-softmax-matmul (the reference); the
+    # encoders build the mask each one reads (key_padding_mask).
+    config._attn_implementation = cfg.attention
     return config
 
 
-def key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` 1/0 mask -> boolean ``[B, 1, 1, T]`` (True = attend), broadcast over queries."""
-    return attention_mask.bool()[:, None, None, :]
+def key_padding_mask(attention_mask: torch.Tensor, implementation: str = "sdpa") -> torch.Tensor:
+    """``[B, T]`` 1/0 mask -> ``[B, 1, 1, T]``, broadcast over queries.
+
+    ``sdpa``: boolean (True = attend). ``eager`` adds its mask to the scores, so it gets an
+    additive float32 one (0 = attend, the most negative float32 = padding).
+    """
+    keep = attention_mask.bool()[:, None, None, :]
+    if implementation == "sdpa":
+        return keep
+    additive = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
+    return additive.masked_fill(~keep, torch.finfo(torch.float32).min)
 
 
 def init_bert_weights(module: nn.Module) -> None:
@@ -74,10 +83,11 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.embeddings = BertEmbeddings(config)
         self.layer = nn.ModuleList(BertLayer(config, layer_idx=i) for i in range(num_layers))
+        self.attention_implementation = config._attn_implementation
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embeddings(input_ids=input_ids)
-        mask = key_padding_mask(attention_mask)
+        mask = key_padding_mask(attention_mask, self.attention_implementation)
         for layer in self.layer:
             hidden = layer(hidden, mask)
         return hidden
@@ -117,11 +127,13 @@ class FusionEncoder(nn.Module):
         self.layer = nn.ModuleList(
             FusionLayer(config, image_width, layer_idx=i) for i in range(num_layers)
         )
+        self.attention_implementation = config._attn_implementation
 
     def forward(
         self, text_tokens: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
     ) -> torch.Tensor:
-        hidden, mask = text_tokens, key_padding_mask(attention_mask)
+        hidden = text_tokens
+        mask = key_padding_mask(attention_mask, self.attention_implementation)
         for layer in self.layer:
             hidden = layer(hidden, mask, image_tokens)
         return hidden

@@ -14,8 +14,12 @@ from srs_core.errors import ConfigError
 
 
 def build_vision_encoder(cfg: ModelConfig) -> VisionTransformer:
-    """ViT without a classifier head; ``forward_features`` gives ``[N, 1+P, D]`` (CLS first)."""
-    return VisionTransformer(
+    """ViT without a classifier head; ``forward_features`` gives ``[N, 1+P, D]`` (CLS first).
+
+    ``cfg.attention``: ``sdpa`` runs every block's attention through torch's fused
+    ``scaled_dot_product_attention``, ``eager`` through timm's explicit softmax.
+    """
+    encoder = VisionTransformer(
         img_size=cfg.image_size,
         patch_size=cfg.patch_size,
         embed_dim=cfg.vision_width,
@@ -27,6 +31,10 @@ def build_vision_encoder(cfg: ModelConfig) -> VisionTransformer:
         # ALBEF's ViT uses LayerNorm(eps=1e-6); timm's default is the same, stated for clarity.
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
     )
+    for block in encoder.blocks:
+        # timm's default follows the TIMM_FUSED_ATTN environment variable; the config wins.
+        block.attn.fused_attn = cfg.attention == "sdpa"
+    return encoder
 
 
 def interpolate_pos_embed(

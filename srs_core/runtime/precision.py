@@ -26,3 +26,13 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def fp32_island(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device``'s type: inside, ops run in their inputs' dtype.
+
+    For the numerically touchy parts of a bf16 step (losses, distillation targets): cast the
+    inputs with ``.float()`` and compute inside; autocast would run a matmul there in bf16
+    even on float32 inputs.
+    """
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)

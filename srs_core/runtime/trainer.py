@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from srs_core.errors import ConfigError
 from srs_core.runlock import RunLock
 from srs_core.runtime.checkpoint import CheckpointManager
 from srs_core.runtime.distributed import DistInfo
@@ -77,6 +78,39 @@ def wrap_ddp(model: torch.nn.Module, dist: DistInfo,
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=find_unused_parameters,
     )
+
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+def compile_module(module: torch.nn.Module, mode: str = "none",
+                   backend: str = "inductor") -> torch.nn.Module:
+    """``module`` through ``torch.compile`` (``mode`` ``none``: ``module`` itself).
+
+    Compile *after* DDP wrapping, as PyTorch recommends: Dynamo's DDPOptimizer then splits
+    the graph at the gradient buckets, so the all-reduce still overlaps the backward pass. The
+    wrapper shares the parameters; checkpoints and evaluation keep the bare model
+    (``srs_core.model.selector.unwrap`` knows ``_orig_mod``). The modes are inductor's; other
+    backends (``aot_eager``: no C++ compiler needed) compile with their defaults.
+    """
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+    if mode == "none":
+        return module
+    options = {"mode": mode} if backend == "inductor" else {}
+    return torch.compile(module, backend=backend, **options)
+
+
+def gradient_sync(trained: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Where gradient accumulation runs a micro-batch: DDP's ``no_sync()`` unless ``sync`` (the
+    last micro-batch of a step all-reduces the accumulated gradients); a no-op without DDP.
+    Forward and backward both belong inside. Looks through a ``torch.compile`` wrapper."""
+    module = trained
+    while not isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = getattr(module, "_orig_mod", None)
+        if module is None:
+            return contextlib.nullcontext()
+    return contextlib.nullcontext() if sync else module.no_sync()
 
 
 def build_optimizer(param_groups: list[dict], lr: float) -> torch.optim.AdamW:

@@ -23,7 +23,7 @@ from srs_core.model.tokenizer import ContextTokenizer
 from srs_core.model.vocab import resolve_lowercase, resolve_vocab
 from srs_core.runtime.checkpoint import load_torch
 from srs_core.runtime.distributed import DistInfo, barrier
-from srs_core.runtime.trainer import wrap_ddp
+from srs_core.runtime.trainer import compile_module, wrap_ddp
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_emotion(cfg: Config, device: torch.device):
     anchors = np.load(store.fetch(cfg.emotion.anchors), allow_pickle=False)
     if anchors.ndim != 2 or anchors.shape[0] % 7:
         raise ConfigError(f"{cfg.emotion.anchors}: anchors must be [7*K, D], got {anchors.shape}")
-    teacher = load_teacher(cfg.emotion.teacher, device)
+    teacher = load_teacher(cfg.emotion.teacher, device, cfg.emotion.memory_format)
     return teacher, torch.from_numpy(np.nan_to_num(anchors)).float().to(device)
 
 
@@ -111,10 +111,12 @@ def distribute(model: SrsModel, cfg: Config,
     """``(model, trained)``: the model to save and evaluate, and the module to train with.
 
     In a job of several processes the SimCLR BatchNorm becomes SyncBatchNorm (on GPUs) and
-    DDP is told to look for unused parameters whenever a loss term is off.
+    DDP is told to look for unused parameters whenever a loss term is off. ``train.compile``
+    compiles the trained module, DDP included (see :func:`compile_module`).
     """
-    if dist.world_size == 1:
-        return model, model
-    model = convert_sync_batchnorm(model, dist.device)
-    every_term_on = cfg.loss.active_terms == cfg.loss.TERMS
-    return model, wrap_ddp(model, dist, find_unused_parameters=not every_term_on)
+    trained = model
+    if dist.world_size > 1:
+        model = convert_sync_batchnorm(model, dist.device)
+        every_term_on = cfg.loss.active_terms == cfg.loss.TERMS
+        trained = wrap_ddp(model, dist, find_unused_parameters=not every_term_on)
+    return model, compile_module(trained, cfg.train.compile, cfg.train.compile_backend)

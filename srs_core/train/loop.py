@@ -4,7 +4,9 @@ Restarting the same command resumes from the latest checkpoint under ``train.out
 is what a restarted PyTorchJob pod does): model, optimizer, step, epoch, the
 position inside the epoch and every rank's RNG states are restored, so no data position
 repeats. Augmentations depend only on (seed, epoch, dialog), so a resumed run is
-bit-identical to an uninterrupted one on the same hardware (tested with 2 ranks).
+bit-identical to an uninterrupted one on the same hardware (tested with 2 ranks). Steps,
+positions, the LR schedule and the log/checkpoint cadences count optimizer steps; with
+``train.grad_accumulation`` each step consumes that many micro-batches.
 
 Outputs under ``train.output`` (:class:`srs_core.artifacts.TrainOutputs`)::
 
@@ -31,7 +33,8 @@ import torch
 from srs_core import store
 from srs_core.artifacts import TrainOutputs
 from srs_core.config import Config
-from srs_core.data.dataset import ResumableSampler, SrsDataset, make_collate
+from srs_core.data.augment import augment_batch, augment_on_device
+from srs_core.data.dataset import ResumableSampler, SrsDataset
 from srs_core.data.prepare import cache_uri
 from srs_core.data.report import Report
 from srs_core.emotion.teacher import emotion_targets
@@ -44,6 +47,7 @@ from srs_core.runtime.precision import autocast_context
 from srs_core.runtime.trainer import (
     TrainState,
     build_optimizer,
+    gradient_sync,
     keep_best,
     restore_rng,
     resume,
@@ -51,6 +55,7 @@ from srs_core.runtime.trainer import (
     run_lock,
     save_checkpoint,
 )
+from srs_core.train.batches import mean_losses, optimizer_steps, train_loader
 from srs_core.train.build import (
     anchor_logit_count,
     build_selector,
@@ -109,6 +114,7 @@ class SelectorTrainer:
         self.selection = Selection(cfg, self.cache, self.tokenize, self.device,
                                    self.steps_per_epoch, self.report)
         self._resume()
+        self.started, self.seen = time.time(), 0  # dialogs trained on since (re)start
 
     def _build_optimization(self) -> None:
         cfg, dist = self.cfg, self.dist
@@ -119,7 +125,8 @@ class SelectorTrainer:
         )
         self.sampler = ResumableSampler(len(self.examples), dist.rank, dist.world_size,
                                         cfg.train.seed, shuffle=True)
-        self.steps_per_epoch = max(1, self.sampler.per_rank // cfg.train.batch_size)
+        self.micro_batch = cfg.train.batch_size * cfg.train.grad_accumulation  # per rank
+        self.steps_per_epoch = max(1, self.sampler.per_rank // self.micro_batch)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
@@ -136,7 +143,8 @@ class SelectorTrainer:
         self.history = History(self.outputs.history, self.dist.is_master)
         self.dataset = SrsDataset(self.examples, self.cache, train=True,
                                   simclr=cfg.loss.simclr_intra or cfg.loss.simclr_inter,
-                                  seed=cfg.train.seed)
+                                  seed=cfg.train.seed,
+                                  on_device=augment_on_device(cfg.train.augment, self.device))
         self.generator = torch.Generator(device=self.device).manual_seed(
             cfg.train.seed * 1000 + self.dist.rank)  # hard-negative draws
         if resumed:  # last: everything built before draws from the seeds, not the saved RNG
@@ -161,8 +169,8 @@ class SelectorTrainer:
     def train_epoch(self) -> bool:
         """The (rest of the) current epoch; True when ``train.max_steps`` is reached."""
         cfg, state = self.cfg, self.state
-        for batch in self.epoch_loader():
-            losses, lr = self.train_step(batch)
+        for micro_batches in optimizer_steps(self.epoch_loader(), cfg.train.grad_accumulation):
+            losses, lr = self.train_step(micro_batches)
             if state.step % cfg.train.log_every == 0 or state.step == 1:
                 self.log_step(losses, lr)
             if self.selection.due_mid_epoch(state.step) and state.position < self.steps_per_epoch:
@@ -175,44 +183,57 @@ class SelectorTrainer:
         return False
 
     def epoch_loader(self) -> torch.utils.data.DataLoader:
-        """This rank's batches of the current epoch from ``state.position`` on."""
-        cfg, state = self.cfg, self.state
-        self.sampler.set_epoch(state.epoch, skip=state.position * cfg.train.batch_size)
+        """This rank's micro-batches of the current epoch from ``state.position`` on."""
+        state = self.state
+        self.sampler.set_epoch(state.epoch, skip=state.position * self.micro_batch)
         self.dataset.set_epoch(state.epoch)
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=cfg.train.batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=cfg.train.num_workers, collate_fn=make_collate(self.tokenize),
-            persistent_workers=False,
-            # Its own generator: creating the iterator draws a base seed, and from the global
-            # RNG that draw would shift the dropout masks of a resumed run.
-            generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + state.epoch),
-        )
+        loader = train_loader(self.dataset, self.sampler, self.tokenize, self.cfg, self.device,
+                              state.epoch)
         self.trained.train()
         return loader
 
-    def train_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], float]:
-        """One optimizer step; returns the loss terms and the learning rate it used."""
-        cfg, state, device = self.cfg, self.state, self.device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        teacher_logits = None
-        if self.teacher is not None:
-            teacher_logits = emotion_targets(self.teacher, self.anchors, batch["images"])
-        with autocast_context(device, cfg.train.precision):
-            losses = compute_losses(self.trained, batch, teacher_logits, cfg.loss, self.generator)
+    def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimizer step over ``train.grad_accumulation`` micro-batches; returns the loss
+        terms (their mean over the micro-batches) and the learning rate it used.
+
+        Each micro-batch's loss counts 1/grad_accumulation and DDP all-reduces the summed
+        gradients once, after the last micro-batch. The in-batch terms see one micro-batch at a
+        time (ITA's image->text softmax, ITM's hard-negative mining, SimCLR inter, the SimCLR
+        projector's BatchNorm statistics), so accumulation equals a larger per-process batch
+        only for the per-dialog terms (emotion, SimCLR intra, ITA text->image).
+        """
+        cfg, state = self.cfg, self.state
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        last = len(micro_batches) - 1
+        losses = [self.micro_step(batch, sync=i == last) for i, batch in enumerate(micro_batches)]
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         lr = self.schedule.apply(state.epoch, state.position, state.step)
         self.optimizer.step()
         state.step, state.position = state.step + 1, state.position + 1
-        self.seen += cfg.train.batch_size * self.dist.world_size
-        return losses, lr
+        self.seen += self.global_batch
+        return mean_losses(losses), lr
+
+    def micro_step(self, batch: dict, sync: bool) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; DDP all-reduces only when ``sync``."""
+        cfg, device = self.cfg, self.device
+        plan = batch.get("augment")  # host copy of the augmentation draws: no device sync
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = augment_batch(batch, plan)  # train.augment=device: augment here, batched
+        teacher_logits = None
+        if self.teacher is not None:
+            teacher_logits = emotion_targets(self.teacher, self.anchors, batch["images"])
+        with gradient_sync(self.trained, sync):
+            with autocast_context(device, cfg.train.precision):
+                losses = compute_losses(self.trained, batch, teacher_logits, cfg.loss,
+                                        self.generator)
+            (losses["loss"] / cfg.train.grad_accumulation).backward()
+        return losses
 
     def log_step(self, losses: dict[str, torch.Tensor], lr: float) -> None:
-        cfg, state = self.cfg, self.state
+        state = self.state
         rate = self.seen / max(time.time() - self.started, 1e-9)
-        remaining = (self.total_steps - state.step) * cfg.train.batch_size * self.dist.world_size
+        remaining = (self.total_steps - state.step) * self.global_batch
         record = {"step": state.step, "epoch": state.epoch, "lr": lr,
                   "dialogs_per_s": round(rate, 2), "eta_s": round(remaining / rate, 1),
                   **{k: round(v.detach().item(), 5) for k, v in losses.items()}}

@@ -31,26 +31,39 @@ def lr_scale(global_batch: int, scaling: str) -> float:
 
 
 def global_batch(cfg: Config, world_size: int, is_master: bool) -> tuple[int, float]:
-    """Dialogs per optimizer step and the factor on the learning rates; says both."""
-    batch = cfg.train.batch_size * world_size
-    if cfg.train.global_batch_size and cfg.train.global_batch_size != batch:
+    """Dialogs per optimizer step (``batch_size x processes x grad_accumulation``) and the
+    factor on the learning rates; says both."""
+    t = cfg.train
+    per_micro_batch = t.batch_size * world_size
+    batch = per_micro_batch * t.grad_accumulation
+    if t.global_batch_size and t.global_batch_size != batch:
+        accumulated = f" x {t.grad_accumulation} micro-batches" if t.grad_accumulation > 1 else ""
         raise ConfigError(
-            f"train.global_batch_size={cfg.train.global_batch_size} but this run has "
-            f"{cfg.train.batch_size} dialogs x {world_size} processes = {batch}; change "
-            "train.batch_size or the number of processes, or unset train.global_batch_size"
+            f"train.global_batch_size={t.global_batch_size} but this run has {t.batch_size} "
+            f"dialogs x {world_size} processes{accumulated} = {batch}; "
+            f"{_batch_fix(t.global_batch_size, per_micro_batch)}"
         )
-    scale = lr_scale(batch, cfg.train.lr_scaling)
+    scale = lr_scale(batch, t.lr_scaling)
     if is_master:
-        log.info("global batch %d (%d dialogs x %d processes); lr %.3g (%s scaling x%.3g)",
-                 batch, cfg.train.batch_size, world_size, cfg.train.lr * scale,
-                 cfg.train.lr_scaling, scale)
+        log.info("global batch %d (%d dialogs x %d processes x %d micro-batches); lr %.3g "
+                 "(%s scaling x%.3g)", batch, t.batch_size, world_size, t.grad_accumulation,
+                 t.lr * scale, t.lr_scaling, scale)
         if batch != PAPER_GLOBAL_BATCH:
             log.warning(
                 "global batch %d differs from the paper's %d (2 GPUs x 4 dialogs at lr 1e-4): "
                 "%.3gx the dialogs per step and %.3gx fewer steps; train.lr_scaling=%s",
                 batch, PAPER_GLOBAL_BATCH, batch / PAPER_GLOBAL_BATCH,
-                batch / PAPER_GLOBAL_BATCH, cfg.train.lr_scaling)
+                batch / PAPER_GLOBAL_BATCH, t.lr_scaling)
     return batch, scale
+
+
+def _batch_fix(wanted: int, per_micro_batch: int) -> str:
+    """How to reach ``wanted`` dialogs per step from ``per_micro_batch`` per micro-batch."""
+    if wanted % per_micro_batch == 0:
+        return (f"set train.grad_accumulation={wanted // per_micro_batch} to keep "
+                f"train.batch_size, or change train.batch_size or the number of processes")
+    return ("change train.batch_size, train.grad_accumulation or the number of processes, or "
+            "unset train.global_batch_size")
 
 
 def selector_schedule(cfg: Config, optimizer: torch.optim.Optimizer, scale: float,

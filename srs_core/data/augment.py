@@ -1,0 +1,290 @@
+"""The training augmentations run batched on the training device, each image with its own draw.
+
+With ``train.augment=device`` the loader workers only gather each dialog's uint8 candidates
+and draw its augmentation parameters (:func:`draw_parameters`, a function of (seed, epoch,
+dialog) alone, so resume stays exact); :func:`augment_batch` then makes the train crop and
+both SimCLR views of the whole batch on the device. The distributions are those of the loader
+path (:mod:`srs_core.data.transforms`, tests/test_augment.py); the draws differ (another
+generator), and given the same draws the pixels would agree to within a step or two of 255
+(fixed-point and float rounding). Each op is per image, so an image's result does not depend
+on the batch around it. Pixels stay on the 0-255 grid after every step, rounded or truncated
+as torchvision does on uint8 images, so that no step adds a bias the loader path lacks.
+
+Parameters, one row per candidate image, ``augment float32 [B, C, 4 (+ 2 x 17 with SimCLR)]``::
+
+    0:4     train crop: top, left, height, width (pixels of the S x S sticker)
+    4:21    SimCLR view 1: crop (4), flip, jitter on, brightness, contrast, saturation, hue
+            factors, jitter order (4 op ids), grayscale on, blur on, blur sigma
+    21:38   SimCLR view 2
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from srs_core.data.transforms import (
+    BLUR_P,
+    BLUR_SIGMA,
+    CROP_RATIO,
+    FLIP_P,
+    GRAYSCALE_P,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JITTER,
+    JITTER_P,
+    SIMCLR_CROP_SCALE,
+    TRAIN_CROP_SCALE,
+    blur_kernel,
+)
+
+CROP, VIEW = 4, 17  # parameter columns of the train crop and of one SimCLR view
+CPU_CHUNK_PIXELS = 16 * 128 * 128  # images a CPU augments at once: a few, kept in its caches
+_GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
+
+
+def augment_on_device(mode: str, device: torch.device) -> bool:
+    """Whether ``train.augment`` puts the augmentations on ``device`` (auto: on CUDA only)."""
+    return mode == "device" or (mode == "auto" and torch.device(device).type == "cuda")
+
+
+# ------------------------------------------------------------------ in the loader workers
+
+
+def draw_parameters(seed: int, epoch: int, index: int, candidates: int, size: int,
+                    simclr: bool) -> np.ndarray:
+    """``float32 [candidates, P]``: every augmentation draw of one dialog (layout above)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, index]))
+    columns = [_crop_boxes(rng, candidates, size, TRAIN_CROP_SCALE)]
+    if simclr:
+        columns += [_view_parameters(rng, candidates, size) for _ in range(2)]
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+def _crop_boxes(rng: np.random.Generator, n: int, size: int,
+                scale: tuple[float, float]) -> np.ndarray:
+    """``[n, 4]`` (top, left, height, width): RandomResizedCrop's draw, 10 tries then all."""
+    target = size * size * rng.uniform(*scale, size=(n, 10))
+    aspect = np.exp(rng.uniform(*np.log(CROP_RATIO), size=(n, 10)))
+    width, height = np.round(np.sqrt(target * aspect)), np.round(np.sqrt(target / aspect))
+    fits = (width >= 1) & (width <= size) & (height >= 1) & (height <= size)
+    first = fits.argmax(axis=1)
+    rows = np.arange(n)
+    # A square sticker's ratio (1) is inside CROP_RATIO: the fallback is the whole image.
+    height = np.where(fits.any(axis=1), height[rows, first], size)
+    width = np.where(fits.any(axis=1), width[rows, first], size)
+    top = np.floor(rng.random(n) * (size - height + 1))
+    left = np.floor(rng.random(n) * (size - width + 1))
+    return np.stack([top, left, height, width], axis=1)
+
+
+def _view_parameters(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """``[n, 17]``: one SimCLR view of each image (crop, flip, jitter, grayscale, blur)."""
+    brightness, contrast, saturation, hue = JITTER
+    factors = np.stack([
+        rng.uniform(1 - brightness, 1 + brightness, n),
+        rng.uniform(1 - contrast, 1 + contrast, n),
+        rng.uniform(1 - saturation, 1 + saturation, n),
+        rng.uniform(-hue, hue, n),
+    ], axis=1)
+    return np.concatenate([
+        _crop_boxes(rng, n, size, SIMCLR_CROP_SCALE),
+        (rng.random((n, 2)) < (FLIP_P, JITTER_P)),
+        factors,
+        np.argsort(rng.random((n, 4)), axis=1),  # ColorJitter's random order, per image
+        (rng.random((n, 2)) < (GRAYSCALE_P, BLUR_P)),
+        rng.uniform(*BLUR_SIGMA, size=(n, 1)),
+    ], axis=1)
+
+
+# ------------------------------------------------------------------ on the training device
+
+
+def augment_batch(batch: dict, plan: torch.Tensor | None = None, chunk: int = 0) -> dict:
+    """A loader batch of uint8 ``images`` and ``augment`` draws -> the trainer's batch.
+
+    ``images [B, C, 3, S, S] uint8`` becomes float32 ImageNet-normalised, and ``views
+    [2, B, C, 3, S, S]`` is added when the draws hold SimCLR views; runs where the tensors
+    are. ``plan``: a host copy of ``augment`` (saves a device sync; read when missing).
+    ``chunk`` images are augmented at a time (0: the whole batch on a GPU, a cache's worth
+    on a CPU); the result depends on neither. A batch without ``augment`` is returned as is.
+    """
+    if "augment" not in batch:
+        return batch
+    batch = dict(batch)
+    params = batch.pop("augment").float()
+    b, c, _, size, _ = batch["images"].shape
+    raw = batch["images"].reshape(b * c, 3, size, size)
+    params = params.reshape(b * c, -1)  # [B*C, P]
+    plan = (params if plan is None else plan).detach().float().cpu().reshape(b * c, -1)
+    simclr, on_cpu = params.shape[1] > CROP, raw.device.type == "cpu"
+    images = torch.empty(raw.shape, dtype=torch.float32, device=raw.device)
+    views = torch.empty((2 if simclr else 0, *raw.shape), dtype=torch.float32, device=raw.device)
+    chunk = chunk or (max(1, CPU_CHUNK_PIXELS // size ** 2) if on_cpu else len(raw))
+    with torch.no_grad():
+        for start in range(0, len(raw), chunk):
+            part = slice(start, start + chunk)
+            crop = _resized_crop(raw[part], params[part, :CROP], None, "bicubic")
+            images[part] = _normalise_(crop)
+            for view in range(len(views)):
+                columns = slice(CROP + view * VIEW, CROP + (view + 1) * VIEW)
+                views[view, part] = simclr_view(raw[part], params[part, columns],
+                                                plan[part, columns])
+    batch["images"] = images.view(b, c, 3, size, size)
+    if simclr:
+        batch["views"] = views.view(2, b, c, 3, size, size)
+    return batch
+
+
+def simclr_view(raw: torch.Tensor, params: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, S, S]`` uint8 images, ``[N, 17]`` draws of one view (``plan``: their host
+    copy, which decides which images take which step) -> the normalised views."""
+    # Every later step commutes with a horizontal flip: it rides with the crop.
+    x = _resized_crop(raw, params[:, :4], params[:, 4], "bilinear")
+    _jitter_(x, params[:, 6:10], plan)
+    gray = _where(plan[:, 14] > 0, x.device)
+    x.index_copy_(0, gray, _luma(x.index_select(0, gray)).floor_().expand(-1, 3, -1, -1))
+    blur = _where(plan[:, 15] > 0, x.device)
+    x.index_copy_(0, blur, _blur(x.index_select(0, blur), params[blur, 16],
+                                 blur_kernel(x.shape[-1])))
+    return _normalise_(x)
+
+
+def _where(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return mask.nonzero().squeeze(1).to(device, non_blocking=True)
+
+
+def _resized_crop(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | None,
+                  mode: str) -> torch.Tensor:
+    """Each image's box (top, left, height, width) resized to the full size (``flip``:
+    mirrored), float32 on the 0-255 grid: torchvision's crop-then-resize of uint8 images."""
+    n, channels, size, _ = images.shape
+    top, left, height, width = boxes.unbind(1)
+    # Columns first, then rows, back on the grid after each (torchvision's native uint8
+    # resize); a pass gathers whole rows, so the columns pass reads the transposed image.
+    x = torch.empty(n, channels, size, size, device=images.device)
+    x.copy_(images.transpose(2, 3))
+    x = _resample_rows(x, *_filter_taps(left, width, size, flip, mode)).round_().clamp_(0, 255)
+    x = _resample_rows(x.transpose(2, 3).contiguous(), *_filter_taps(top, height, size, None, mode))
+    return x.round_().clamp_(0, 255)
+
+
+def _resample_rows(x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``out[n, c, o] = sum_t weights[n, o, t] x[n, c, index[n, o, t]]`` (whole rows)."""
+    n, channels, size, _ = x.shape
+    base = torch.arange(n * channels, device=x.device).view(n, channels, 1) * size
+    rows, out = x.view(-1, size), None
+    for tap in range(index.shape[-1]):
+        picked = rows.index_select(0, (base + index[:, None, :, tap]).view(-1))
+        picked, weight = picked.view(n, channels, -1, size), weights[:, None, :, tap, None]
+        out = picked.mul_(weight) if out is None else out.addcmul_(picked, weight)
+    return out
+
+
+def _filter_taps(start: torch.Tensor, length: torch.Tensor, size: int,
+                 flip: torch.Tensor | None, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``index, weights [N, S, T]``: the input pixels and weights of each output pixel when
+    ``[start, start+length)`` is resized to ``size`` (an upscale) with torchvision's
+    antialiased filters: a tap outside the box is dropped and the rest renormalised."""
+    outputs = torch.arange(size, device=start.device, dtype=torch.float32).view(1, size)
+    if flip is not None:  # mirrored: output o reads where output size-1-o would
+        outputs = torch.where(flip.view(-1, 1) > 0, size - 1 - outputs, outputs)
+    length = length.view(-1, 1, 1)
+    source = ((outputs + 0.5) * length[..., 0] / size - 0.5).unsqueeze(-1)  # [N, S, 1]
+    reach = 1 if mode == "bilinear" else 2
+    taps = source.floor() + torch.arange(1 - reach, reach + 1, device=start.device)
+    distance = (taps - source).abs_()
+    if mode == "bilinear":
+        weights = (1 - distance).clamp_(min=0)
+    else:  # bicubic, a = -0.5 (the antialiased kernel's)
+        near = ((1.5 * distance - 2.5) * distance) * distance + 1
+        far = ((distance - 5) * distance + 8) * distance * -0.5 + 2
+        weights = torch.where(distance < 1, near, torch.where(distance < 2, far, 0))
+    weights = weights * ((taps >= 0) & (taps < length))
+    weights = weights / weights.sum(-1, keepdim=True)
+    index = (taps.clamp(min=0) + start.view(-1, 1, 1)).clamp_(max=size - 1).long()
+    return index, weights
+
+
+def _jitter_(x: torch.Tensor, factors: torch.Tensor, plan: torch.Tensor) -> None:
+    """ColorJitter in place where ``plan`` turns it on, each image with its factors and its
+    order of the four ops: at each of the four steps, each op runs on the images that take
+    it then (16 batched calls, whatever the batch)."""
+    ops = (_brightness_, _contrast_, _saturation_, _hue_)
+    on, order = plan[:, 5] > 0, plan[:, 10:14].long()
+    for step in range(4):
+        for op, apply in enumerate(ops):
+            chosen = _where(on & (order[:, step] == op), x.device)
+            if len(chosen):
+                part = x.index_select(0, chosen)
+                apply(part, factors[chosen, op].view(-1, 1, 1, 1))
+                x.index_copy_(0, chosen, part)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` -> ``[N, 1, H, W]`` float luma (not yet on the grid)."""
+    r, g, b = x.unbind(1)
+    return (r * _GRAY[0]).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2]).unsqueeze(1)
+
+
+def _blend_(x: torch.Tensor, other: torch.Tensor | None, factor: torch.Tensor) -> None:
+    """torchvision's uint8 blend, in place: mix, clamp, truncate."""
+    x.mul_(factor)
+    if other is not None:
+        x.add_(other.mul_(1 - factor))
+    x.clamp_(0, 255).floor_()
+
+
+def _brightness_(x: torch.Tensor, factor: torch.Tensor) -> None:
+    _blend_(x, None, factor)
+
+
+def _contrast_(x: torch.Tensor, factor: torch.Tensor) -> None:
+    _blend_(x, _luma(x).floor_().mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def _saturation_(x: torch.Tensor, factor: torch.Tensor) -> None:
+    _blend_(x, _luma(x).floor_(), factor)
+
+
+def _hue_(x: torch.Tensor, shift: torch.Tensor) -> None:
+    """Hue rotated by ``shift`` turns in HSV (value and saturation kept), in place."""
+    r, g, b = x.unbind(1)
+    top, bottom = x.amax(1), x.amin(1)
+    spread = top - bottom
+    # Hue in sixths of a turn: 0 red, 2 green, 4 blue (torchvision's order of ties).
+    hue = torch.where(top == r, g - b, torch.where(
+        top == g, (b - r).add_(spread, alpha=2), (r - g).add_(spread, alpha=4)))
+    hue = hue.div_(spread.clamp(min=1)).add_(shift.view(-1, 1, 1) * 6).remainder_(6)
+    # HSV -> RGB: each channel is bottom + spread x a trapezoid of the hue.
+    scale = (255 + 1 - 1e-3) / 255  # torchvision's float -> uint8
+    for channel, (centre, sign) in enumerate(((3.0, 1.0), (2.0, -1.0), (4.0, -1.0))):
+        level = torch.sub(hue, centre).abs_().mul_(sign).add_(1 if sign < 0 else -1)
+        level = level.add_(1 if sign < 0 else 0).clamp_(0, 1).mul_(spread).add_(bottom)
+        x[:, channel] = level.mul_(scale).floor_()
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Gaussian blur with each image's sigma (separable, reflect padding), rounded."""
+    if len(x) == 0:
+        return x
+    size, pad = x.shape[-1], kernel // 2
+    offsets = torch.arange(kernel, device=x.device, dtype=x.dtype) - pad
+    weights = torch.softmax(-(offsets / sigma.view(-1, 1)) ** 2 / 2, dim=1)  # [N, K]
+    weights = weights.view(-1, 1, 1, 1, kernel)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = padded[..., :size] * weights[..., 0]
+    for tap in range(1, kernel):  # a sum of shifted copies: the same arithmetic per image
+        rows.addcmul_(padded[..., tap:tap + size], weights[..., tap])
+    out = rows[..., :size, :] * weights[..., 0]
+    for tap in range(1, kernel):
+        out.addcmul_(rows[..., tap:tap + size, :], weights[..., tap])
+    return out.round_()
+
+
+def _normalise_(x: torch.Tensor) -> torch.Tensor:
+    """0-255 -> ImageNet-normalised, in place (the loader path's ``normalise()``)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return x.mul_(1 / 255).sub_(mean).div_(std)
