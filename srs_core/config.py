@@ -169,7 +169,9 @@ class EmotionConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 32  # dialogs per scoring batch
+    # Dialogs per scoring batch (x 10 candidate pairs through the fusion encoder). 8 was the
+    # fastest on CPU (bench/srs_throughput.py); a GPU wants more.
+    batch_size: int = 8
     # strict (ours): checkpoint selected on val MAP, the positive never twice among the
     # candidates, ties ranked against it. paper: the authors' protocol, selection on *test*
     # MAP evaluated paper_evals_per_epoch times per epoch (for comparisons with their tables).

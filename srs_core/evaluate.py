@@ -27,6 +27,8 @@ from srs_core.model.scoring import ImageMemory, image_memory, match_scores
 
 log = logging.getLogger(__name__)
 
+IMAGE_BATCH = 32  # stickers per ViT batch when scoring
+
 Tokenize = Callable[[Sequence[Sequence[str]]], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -104,7 +106,7 @@ def score_examples(
     """Scores of every dialog's candidates, encoding each distinct sticker once.
 
     Dialogs are taken in chunks of whole sticker sets (:func:`sticker_chunks`); a chunk's
-    stickers are encoded in batches of ``batch_size`` together with their cross-attention
+    stickers are encoded in batches of :data:`IMAGE_BATCH` together with their cross-attention
     keys and values (:mod:`srs_core.model.scoring`), then its dialogs, sorted by context
     length to cut padding, are scored ``batch_size`` at a time against their candidates.
     """
@@ -117,7 +119,7 @@ def score_examples(
     for chunk in sticker_chunks(examples, max_images):
         rows = sorted({r for i in chunk for r in examples[i].rows})
         position = {row: j for j, row in enumerate(rows)}
-        image_feat, memory = _encode_stickers(model, cache, rows, device, batch_size)
+        image_feat, memory = _encode_stickers(model, cache, rows, device, IMAGE_BATCH)
         ids, mask = tokenize([examples[i].utterances for i in chunk])
         lengths = mask.sum(1)
         order = torch.argsort(lengths, stable=True)
