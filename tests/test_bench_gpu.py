@@ -59,15 +59,20 @@ def test_train_from_batch_4_up_in_both_precisions(document):
 def test_input_pipeline_compared_with_the_training_rate(document):
     pipeline = document["sections"]["input_pipeline"]
     train = document["sections"]["train"]["bf16"]
-    assert pipeline["per_worker_dialogs_s"] > 0
+    paths = {"loader", "device"}  # train.augment: who augments
+    assert set(pipeline["per_worker_dialogs_s"]) == paths
+    assert min(pipeline["per_worker_dialogs_s"].values()) > 0
+    assert pipeline["device_augment_dialogs_s"] > 0
     assert pipeline["gpu_step_dialogs_s"]["paper_batch"] == train["paper_batch"]["dialogs_s"]
-    assert min(pipeline["workers_needed"].values()) >= 1
-    assert isinstance(pipeline["gpu_waits"], bool)
+    assert set(pipeline["workers_needed"]) == set(pipeline["gpu_waits"]) == paths
+    assert min(n for needed in pipeline["workers_needed"].values() for n in needed.values()) >= 1
+    assert all(isinstance(waits, bool) for waits in pipeline["gpu_waits"].values())
 
 
 def test_evaluate_reports_the_fp32_vs_bf16_metric_difference(document):
     evaluate = document["sections"]["evaluate"]
     assert evaluate["fp32_dialogs_s"] > 0 and evaluate["bf16_dialogs_s"] > 0
+    assert evaluate["authors_loop_fp32_dialogs_s"] > 0 and evaluate["fp32_over_authors_loop"] > 0
     assert evaluate["max_metric_diff"] >= 0 and evaluate["worst_metric"]
     assert evaluate["ok"] == (evaluate["max_metric_diff"] < 1e-3)
     assert 0 <= evaluate["dialogs_ranked_differently"] <= evaluate["dialogs"]
