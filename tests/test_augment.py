@@ -225,3 +225,32 @@ def test_a_device_augmented_run_resumes_exactly_mid_epoch(tmp_path, monkeypatch)
     resumed = load_torch(str(tmp_path / "resumed" / "checkpoints" / "latest.pt"))["model"]
     reference = load_torch(str(tmp_path / "reference" / "checkpoints" / "latest.pt"))["model"]
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_crops_match_torchvision_on_the_same_boxes(mode: str) -> None:
+    """Given the same boxes, the batched crops are torchvision's resized_crop of each uint8
+    image but for rounding: at most 2 levels apart (bilinear: one pass instead of two)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from srs_core.data.augment import _bilinear_crop, _resized_crop, draw_parameters
+
+    torch.manual_seed(0)
+    n, size = 32, 128
+    smooth = torch.nn.functional.interpolate(torch.rand(n, 3, 16, 16) * 255, size=(size, size),
+                                             mode="bilinear")
+    raw = smooth.round().to(torch.uint8)
+    draws = np.concatenate([draw_parameters(0, 0, i, 10, size, True) for i in range(4)])[:n]
+    boxes = torch.from_numpy(draws[:, 4:8] if mode == "bilinear" else draws[:, :4])
+    interpolation = getattr(InterpolationMode, mode.upper())
+    expected = torch.stack([
+        TF.resized_crop(raw[i], *[int(v) for v in boxes[i]], [size, size],
+                        interpolation=interpolation, antialias=True) for i in range(n)])
+    if mode == "bilinear":
+        ours = _bilinear_crop(raw, boxes, torch.zeros(n))
+    else:
+        ours = _resized_crop(raw, boxes, None, mode)
+    difference = (ours - expected.float()).abs()
+    assert difference.max() <= 2
+    assert (difference > 0).float().mean() < 0.25

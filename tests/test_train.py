@@ -165,6 +165,9 @@ def test_run_killed_mid_epoch_resumes_exactly(demo, tmp_path, nproc, workers,
     expected = _losses(tmp_path / "reference")
     assert sorted(expected) == list(range(1, steps + 1))
     assert _losses(output) == expected
+    summary = json.loads((output / "train_summary.json").read_text())
+    assert summary["grad_accumulation"] == accumulation and summary["augment"] == "loader"
+    assert summary["global_batch"] == 4 * nproc * accumulation
     resumed_model = load_torch(str(checkpoint))["model"]
     reference_model = load_torch(str(tmp_path / "reference" / "checkpoints" / "latest.pt"))["model"]
     assert resumed_model.keys() == reference_model.keys()

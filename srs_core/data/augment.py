@@ -141,7 +141,7 @@ def simclr_view(raw: torch.Tensor, params: torch.Tensor, plan: torch.Tensor) -> 
     """``[N, 3, S, S]`` uint8 images, ``[N, 17]`` draws of one view (``plan``: their host
     copy, which decides which images take which step) -> the normalised views."""
     # Every later step commutes with a horizontal flip: it rides with the crop.
-    x = _resized_crop(raw, params[:, :4], params[:, 4], "bilinear")
+    x = _bilinear_crop(raw, params[:, :4], params[:, 4])
     _jitter_(x, params[:, 6:10], plan)
     gray = _where(plan[:, 14] > 0, x.device)
     x.index_copy_(0, gray, _luma(x.index_select(0, gray)).floor_().expand(-1, 3, -1, -1))
@@ -159,27 +159,49 @@ def _resized_crop(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor 
                   mode: str) -> torch.Tensor:
     """Each image's box (top, left, height, width) resized to the full size (``flip``:
     mirrored), float32 on the 0-255 grid: torchvision's crop-then-resize of uint8 images."""
-    n, channels, size, _ = images.shape
+    size = images.shape[-1]
     top, left, height, width = boxes.unbind(1)
     # Columns first, then rows, back on the grid after each (torchvision's native uint8
-    # resize); a pass gathers whole rows, so the columns pass reads the transposed image.
-    x = torch.empty(n, channels, size, size, device=images.device)
-    x.copy_(images.transpose(2, 3))
-    x = _resample_rows(x, *_filter_taps(left, width, size, flip, mode)).round_().clamp_(0, 255)
-    x = _resample_rows(x.transpose(2, 3).contiguous(), *_filter_taps(top, height, size, None, mode))
-    return x.round_().clamp_(0, 255)
+    # resize). Each pass is a batched product with a per-image [S, S] resampling matrix:
+    # dense, but one BLAS call beats gathering a few taps per output pixel.
+    columns = _resampling_matrix(*_filter_taps(left, width, size, flip, mode), size)
+    rows = _resampling_matrix(*_filter_taps(top, height, size, None, mode), size)
+    n, channels = images.shape[:2]
+    columns = columns.transpose(1, 2).contiguous()
+    x = torch.bmm(images.float().reshape(n, channels * size, size), columns)
+    x = x.round_().clamp_(0, 255).view(n * channels, size, size)
+    x = torch.bmm(rows.repeat_interleave(channels, dim=0), x)
+    return x.round_().clamp_(0, 255).view(n, channels, size, size)
 
 
-def _resample_rows(x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``out[n, c, o] = sum_t weights[n, o, t] x[n, c, index[n, o, t]]`` (whole rows)."""
-    n, channels, size, _ = x.shape
-    base = torch.arange(n * channels, device=x.device).view(n, channels, 1) * size
-    rows, out = x.view(-1, size), None
-    for tap in range(index.shape[-1]):
-        picked = rows.index_select(0, (base + index[:, None, :, tap]).view(-1))
-        picked, weight = picked.view(n, channels, -1, size), weights[:, None, :, tap, None]
-        out = picked.mul_(weight) if out is None else out.addcmul_(picked, weight)
-    return out
+def _bilinear_crop(images: torch.Tensor, boxes: torch.Tensor,
+                   flip: torch.Tensor) -> torch.Tensor:
+    """:func:`_resized_crop`'s bilinear case in one ``grid_sample`` pass (about 5x faster on a
+    CPU): a bilinear upscale's sample points, clamped to the box as torchvision's are, so only
+    the rounding between its two passes differs."""
+    size = images.shape[-1]
+    top, left, height, width = boxes.unbind(1)
+    outputs = torch.arange(size, device=images.device, dtype=torch.float32).view(1, size)
+
+    def sample_points(start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        length = length.view(-1, 1)
+        source = ((outputs + 0.5) * length / size - 0.5).clamp_(min=0)
+        source = torch.minimum(source, length - 1) + start.view(-1, 1)
+        return (2 * source + 1) / size - 1  # grid_sample's [-1, 1], align_corners=False
+
+    x = sample_points(left, width)  # [N, S]
+    x = torch.where(flip.view(-1, 1) > 0, x.flip(1), x)
+    y = sample_points(top, height)
+    grid = torch.stack(torch.broadcast_tensors(x[:, None, :], y[:, :, None]), dim=-1)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255)
+
+
+def _resampling_matrix(index: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, S(out), S(in)]``: each output pixel's taps (``index, weights [N, S, T]``) as a row;
+    taps that land on the same input pixel add up."""
+    matrix = torch.zeros(len(index), size, size, device=weights.device, dtype=weights.dtype)
+    return matrix.scatter_add_(2, index, weights)
 
 
 def _filter_taps(start: torch.Tensor, length: torch.Tensor, size: int,

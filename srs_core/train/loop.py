@@ -125,8 +125,8 @@ class SelectorTrainer:
         )
         self.sampler = ResumableSampler(len(self.examples), dist.rank, dist.world_size,
                                         cfg.train.seed, shuffle=True)
-        self.micro_batch = cfg.train.batch_size * cfg.train.grad_accumulation  # per rank
-        self.steps_per_epoch = max(1, self.sampler.per_rank // self.micro_batch)
+        self.rank_step_dialogs = cfg.train.batch_size * cfg.train.grad_accumulation  # per step
+        self.steps_per_epoch = max(1, self.sampler.per_rank // self.rank_step_dialogs)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
@@ -185,7 +185,7 @@ class SelectorTrainer:
     def epoch_loader(self) -> torch.utils.data.DataLoader:
         """This rank's micro-batches of the current epoch from ``state.position`` on."""
         state = self.state
-        self.sampler.set_epoch(state.epoch, skip=state.position * self.micro_batch)
+        self.sampler.set_epoch(state.epoch, skip=state.position * self.rank_step_dialogs)
         self.dataset.set_epoch(state.epoch)
         loader = train_loader(self.dataset, self.sampler, self.tokenize, self.cfg, self.device,
                               state.epoch)
@@ -280,6 +280,8 @@ class SelectorTrainer:
             "train_dialogs": len(self.examples),
             "selection_dialogs": len(self.selection.examples),
             "world_size": dist.world_size, "global_batch": self.global_batch,
+            "grad_accumulation": cfg.train.grad_accumulation,
+            "augment": "device" if self.dataset.on_device else "loader",
             "lr": cfg.train.lr * self.scale, "lr_scaling": cfg.train.lr_scaling,
             "rank": dist.rank, "seconds": round(seconds, 2),
             "dialogs_per_s": round(self.seen / max(time.time() - self.started, 1e-9), 2),
