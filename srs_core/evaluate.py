@@ -1,9 +1,10 @@
 """Scoring dialogs' candidates and computing the protocol's metrics (DESIGN.md section 4).
 
 Candidates of a dialog all come from the answer's sticker set, and sets are shared by many
-dialogs. :func:`score_examples` therefore groups dialogs by set and encodes every sticker of a
-set once (the reference code re-encodes the same stickers for every dialog);
-:func:`score_examples_naive` is the per-dialog computation it must equal.
+dialogs. :func:`score_examples` therefore takes dialogs a few whole sets at a time and encodes
+every sticker of them once, with its cross-attention keys and values
+(:mod:`srs_core.model.scoring`; the reference code re-encodes the same stickers for every
+dialog); :func:`score_examples_naive` is the per-dialog computation it must equal.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3-protocol server (moto) on loopback, started by the test session."""
+"""Shared fixtures: a real S3-protocol server (moto) on loopback, started by the test session,
+and a random emotion teacher with anchors for the training tests."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
+import torch
 
+from srs_core.runtime.checkpoint import save_torch
 from srs_core.store.s3_config import ENV_KEYS as S3_ENV
 
 
@@ -50,3 +54,16 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     for name in S3_ENV:
         if name in os.environ and not os.environ.get("SRS_TEST_KEEP_S3_ENV"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def emotion(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A random teacher in the saved format and random anchors (K = 2)."""
+    import timm
+
+    out = tmp_path_factory.mktemp("emotion")
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet50", num_classes=0, pretrained=False)
+    save_torch(backbone.state_dict(), str(out / "teacher.pth"))
+    np.save(out / "anchors.npy", np.random.default_rng(0).normal(size=(14, 2048)).astype("f4"))
+    return str(out / "teacher.pth"), str(out / "anchors.npy")

@@ -18,7 +18,7 @@ from srs_core import store
 from srs_core.config import load_config
 from srs_core.data.synth import synthesize
 from srs_core.evaluate import evaluate
-from srs_core.runtime.checkpoint import load_torch, save_torch
+from srs_core.runtime.checkpoint import load_torch
 from srs_core.train.loop import train
 
 pytestmark = pytest.mark.slow
@@ -29,19 +29,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     synthesize(out, seed=11, dialogs=96, sets=10, images=70)
     return out
-
-
-@pytest.fixture(scope="module")
-def emotion(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A random teacher in the saved format and random anchors (K = 2)."""
-    import timm
-
-    out = tmp_path_factory.mktemp("emotion")
-    torch.manual_seed(0)
-    backbone = timm.create_model("resnet50", num_classes=0, pretrained=False)
-    save_torch(backbone.state_dict(), str(out / "teacher.pth"))
-    np.save(out / "anchors.npy", np.random.default_rng(0).normal(size=(14, 2048)).astype("f4"))
-    return str(out / "teacher.pth"), str(out / "anchors.npy")
 
 
 def _overrides(demo: Path, output: Path, *extra: str) -> list[str]:

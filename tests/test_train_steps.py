@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from srs_core.config import load_config
 from srs_core.data.synth import synthesize
-from srs_core.runtime.checkpoint import load_torch, save_torch
+from srs_core.runtime.checkpoint import load_torch
 from srs_core.runtime.distributed import init_distributed
 from srs_core.runtime.trainer import compile_module, gradient_sync
 from srs_core.train.batches import mean_losses, optimizer_steps, train_loader
@@ -23,19 +22,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     synthesize(out, seed=11, dialogs=24, sets=6, images=14)
     return out
-
-
-@pytest.fixture(scope="module")
-def emotion(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A random teacher in the saved format and random anchors (K = 2)."""
-    import timm
-
-    out = tmp_path_factory.mktemp("emotion")
-    torch.manual_seed(0)
-    backbone = timm.create_model("resnet50", num_classes=0, pretrained=False)
-    save_torch(backbone.state_dict(), str(out / "teacher.pth"))
-    np.save(out / "anchors.npy", np.random.default_rng(0).normal(size=(14, 2048)).astype("f4"))
-    return str(out / "teacher.pth"), str(out / "anchors.npy")
 
 
 def _config(demo: Path, output: Path, *extra: str):
