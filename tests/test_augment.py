@@ -254,3 +254,44 @@ def test_crops_match_torchvision_on_the_same_boxes(mode: str) -> None:
     difference = (ours - expected.float()).abs()
     assert difference.max() <= 2
     assert (difference > 0).float().mean() < 0.25
+
+
+def _colour_images(n: int, size: int = 64) -> torch.Tensor:
+    """``[n, 3, S, S] uint8``: smooth colour fields with some gray and saturated pixels."""
+    torch.manual_seed(1)
+    fields = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8) * 255, size=(size, size),
+                                             mode="bicubic").clamp(0, 255)
+    fields[:, :, :4] = fields[:, :1, :4]  # gray rows: hue and saturation are undefined there
+    return fields.round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue", "blur"])
+def test_each_step_matches_torchvision_given_the_same_draw(op: str) -> None:
+    """Each step of a view, given one image's factor (or blur sigma), is torchvision's uint8
+    result but for float rounding: at most one level apart, on under 1% of the pixels."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from srs_core.data import augment
+    from srs_core.data.transforms import blur_kernel
+
+    n = 24
+    raw = _colour_images(n)
+    if op == "hue":
+        factors = torch.linspace(-0.1, 0.1, n)
+    elif op == "blur":
+        factors = torch.linspace(0.1, 2.0, n)
+    else:
+        factors = torch.linspace(0.6, 1.4, n)
+    if op == "blur":
+        kernel = blur_kernel(raw.shape[-1])
+        ours = augment._blur(raw.float(), factors, kernel)
+        expected = [TF.gaussian_blur(raw[i], [kernel, kernel], [float(factors[i])] * 2)
+                    for i in range(n)]
+    else:
+        ours = raw.float()
+        getattr(augment, f"_{op}_")(ours, factors.view(-1, 1, 1, 1))
+        adjust = getattr(TF, f"adjust_{op}")
+        expected = [adjust(raw[i], float(factors[i])) for i in range(n)]
+    difference = (ours - torch.stack(expected).float()).abs()
+    assert difference.max() <= 1
+    assert (difference > 0).float().mean() < 0.01

@@ -125,21 +125,24 @@ def augment_batch(batch: dict, plan: torch.Tensor | None = None, chunk: int = 0)
     with torch.no_grad():
         for start in range(0, len(raw), chunk):
             part = slice(start, start + chunk)
-            crop = _resized_crop(raw[part], params[part, :CROP], None, "bicubic")
-            images[part] = _normalise_(crop)
+            source = raw[part].float()
+            crop = _resized_crop(source, params[part, :CROP], None, "bicubic")
+            _normalise(crop, out=images[part])
             for view in range(len(views)):
                 columns = slice(CROP + view * VIEW, CROP + (view + 1) * VIEW)
-                views[view, part] = simclr_view(raw[part], params[part, columns],
-                                                plan[part, columns])
+                simclr_view(source, params[part, columns], plan[part, columns],
+                            out=views[view, part])
     batch["images"] = images.view(b, c, 3, size, size)
     if simclr:
         batch["views"] = views.view(2, b, c, 3, size, size)
     return batch
 
 
-def simclr_view(raw: torch.Tensor, params: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
-    """``[N, 3, S, S]`` uint8 images, ``[N, 17]`` draws of one view (``plan``: their host
-    copy, which decides which images take which step) -> the normalised views."""
+def simclr_view(raw: torch.Tensor, params: torch.Tensor, plan: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, 3, S, S]`` images (uint8, or float on the 0-255 grid), ``[N, 17]`` draws of one
+    view (``plan``: their host copy, which decides which images take which step) -> the
+    normalised views (into ``out`` when given)."""
     # Every later step commutes with a horizontal flip: it rides with the crop.
     x = _bilinear_crop(raw, params[:, :4], params[:, 4])
     _jitter_(x, params[:, 6:10], plan)
@@ -148,7 +151,7 @@ def simclr_view(raw: torch.Tensor, params: torch.Tensor, plan: torch.Tensor) -> 
     blur = _where(plan[:, 15] > 0, x.device)
     x.index_copy_(0, blur, _blur(x.index_select(0, blur), params[blur, 16],
                                  blur_kernel(x.shape[-1])))
-    return _normalise_(x)
+    return _normalise(x, out=x if out is None else out)
 
 
 def _where(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -271,20 +274,38 @@ def _saturation_(x: torch.Tensor, factor: torch.Tensor) -> None:
 
 
 def _hue_(x: torch.Tensor, shift: torch.Tensor) -> None:
-    """Hue rotated by ``shift`` turns in HSV (value and saturation kept), in place."""
+    """Hue rotated by ``shift`` turns in HSV (value and saturation kept), in place.
+
+    Only float arithmetic, no comparisons: on a CPU, ``where``, ``==`` and ``remainder`` are
+    several times slower than a multiply. Relies on the pixels being whole levels.
+    """
     r, g, b = x.unbind(1)
     top, bottom = x.amax(1), x.amin(1)
     spread = top - bottom
-    # Hue in sixths of a turn: 0 red, 2 green, 4 blue (torchvision's order of ties).
-    hue = torch.where(top == r, g - b, torch.where(
-        top == g, (b - r).add_(spread, alpha=2), (r - g).add_(spread, alpha=4)))
-    hue = hue.div_(spread.clamp(min=1)).add_(shift.view(-1, 1, 1) * 6).remainder_(6)
-    # HSV -> RGB: each channel is bottom + spread x a trapezoid of the hue.
-    scale = (255 + 1 - 1e-3) / 255  # torchvision's float -> uint8
-    for channel, (centre, sign) in enumerate(((3.0, 1.0), (2.0, -1.0), (4.0, -1.0))):
-        level = torch.sub(hue, centre).abs_().mul_(sign).add_(1 if sign < 0 else -1)
-        level = level.add_(1 if sign < 0 else 0).clamp_(0, 1).mul_(spread).add_(bottom)
-        x[:, channel] = level.mul_(scale).floor_()
+    # Hue in sixths of a turn: 0 red, 2 green, 4 blue, taking the first top channel in the
+    # order red, green, blue (torchvision's; a tie gives the same hue either way).
+    red_top = torch.sub(r, top).add_(1).clamp_(min=0)  # 1 where red is the top, else 0
+    green_top = torch.sub(g, top).add_(1).clamp_(min=0)
+    green_top.addcmul_(green_top, red_top, value=-1)
+    hue = (r - g).add_(spread, alpha=4)  # blue on top
+    hue.addcmul_(red_top, (g - b).sub_(hue))
+    hue.addcmul_(green_top, (b - r).add_(spread, alpha=2).sub_(hue))
+    hue.div_(spread.clamp_min(1)).add_(shift.view(-1, 1, 1) * 6)
+    hue.sub_(torch.div(hue, 6).floor_().mul_(6))  # modulo 6 (the hue is in [-1.6, 5.6))
+    # HSV -> RGB: each channel is bottom + spread x a trapezoid of the hue, written straight
+    # into x with torchvision's float -> uint8 scale folded into spread and bottom.
+    scale = (255 + 1 - 1e-3) / 255
+    spread.mul_(scale)
+    bottom.mul_(scale)
+    level = red_top  # reused as scratch
+    for channel, centre in enumerate((3.0, 2.0, 4.0)):
+        torch.sub(hue, centre, out=level).abs_()
+        if channel:  # green and blue: 2 - |hue - centre|; red: |hue - 3| - 1
+            level.neg_().add_(2)
+        else:
+            level.sub_(1)
+        torch.addcmul(bottom, level.clamp_(0, 1), spread, out=x[:, channel])
+    x.floor_()
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -305,8 +326,9 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
     return out.round_()
 
 
-def _normalise_(x: torch.Tensor) -> torch.Tensor:
-    """0-255 -> ImageNet-normalised, in place (the loader path's ``normalise()``)."""
+def _normalise(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """0-255 -> ImageNet-normalised into ``out`` (may be ``x``): the loader path's
+    ``normalise()``. Writing straight into the batch saves a copy of every image."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.mul_(1 / 255).sub_(mean).div_(std)
+    return torch.mul(x, 1 / 255, out=out).sub_(mean).div_(std)
