@@ -69,6 +69,30 @@ def test_suggest_top_k_with_explanations_restrictions_and_diversity(lib, suggest
     assert {s["set_id"] for s in within["suggestions"]} == set(some)
 
 
+def test_rerank_scores_equal_the_per_pair_itm_head(lib, suggester) -> None:
+    """The shared-work rerank (groups of contexts, padded ragged lists) scores each pair as
+    ``itm_logits`` does on that pair alone."""
+    import torch
+
+    from srs_core.library import ImageTokens, itm_scores
+
+    dialogs = _dialogs(lib)[:5]
+    tokens, mask, _ = suggester.encode([u for u, _, _ in dialogs])
+    rows = suggester.index.rows
+    candidates = [rows[[3, 1, 4, 1, 5]].tolist(), [], rows[[9, 2]].tolist(),
+                  rows[[6, 5, 3, 5]].tolist(), rows[[8]].tolist()]
+    images = ImageTokens(suggester.loaded.model, suggester.cache, suggester.loaded.device)
+    shared = itm_scores(suggester.loaded.model, tokens, mask, candidates, images,
+                        pairs_per_batch=10)  # 2 contexts per group
+    model = suggester.loaded.model
+    for b, chosen in enumerate(candidates):
+        assert shared[b].shape == (len(chosen),)
+        for j, row in enumerate(chosen):
+            with torch.no_grad():
+                alone = model.itm_logits(tokens[b:b + 1], mask[b:b + 1], images.get([row]))
+            assert shared[b][j] == pytest.approx(float(alone[0, 1]), abs=1e-4)
+
+
 def test_library_metrics_match_a_brute_force_ranking(lib, suggester) -> None:
     dialogs = _dialogs(lib)[:12]
     metrics = library_metrics(suggester, dialogs, ns=(5, 20), ks=(1, 5, 10), progress=False)

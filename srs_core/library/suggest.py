@@ -19,6 +19,7 @@ from srs_core.data.sticker_cache import StickerCache
 from srs_core.errors import ConfigError
 from srs_core.inference import LoadedModel, load_model
 from srs_core.library.index import Searcher, StickerIndex, autocast, pixels
+from srs_core.model.scoring import image_memory, match_scores
 
 
 class ImageTokens:
@@ -62,28 +63,35 @@ def itm_scores(model: torch.nn.Module, text_tokens: torch.Tensor, mask: torch.Te
                pairs_per_batch: int = 256) -> list[np.ndarray]:
     """ITM match logits of each context ``b`` with its candidate rows ``candidates[b]``.
 
-    Every distinct row is encoded once for the whole batch of contexts, then (context,
-    sticker) pairs go through the fusion encoder ``pairs_per_batch`` at a time.
+    Every distinct row is encoded once for the whole batch of contexts; then a few contexts
+    at a time (about ``pairs_per_batch`` pairs) go through the fusion encoder with its work
+    shared as in evaluation (:func:`~srs_core.model.scoring.match_scores`: each sticker's
+    cross-attention keys and values projected once per group, the text's first layer once per
+    context). Shorter candidate lists are padded and the padding dropped.
     """
+    width = max((len(rows) for rows in candidates), default=0)
     unique = list(dict.fromkeys(r for rows in candidates for r in rows))
     if not unique:
         return [np.zeros(0, np.float32) for _ in candidates]
-    where = {r: i for i, r in enumerate(unique)}
     tokens = images.get(unique)
-    context = torch.tensor([b for b, rows in enumerate(candidates) for _ in rows])
-    sticker = torch.tensor([where[r] for rows in candidates for r in rows])
-    flat = []
-    for start in range(0, len(context), pairs_per_batch):
-        b = context[start:start + pairs_per_batch].to(text_tokens.device)
-        s = sticker[start:start + pairs_per_batch].to(tokens.device)
+    where = {r: i for i, r in enumerate(unique)}
+    group = max(1, pairs_per_batch // width)
+    out: list[np.ndarray] = []
+    for start in range(0, len(candidates), group):
+        part = candidates[start:start + group]
+        stickers = list(dict.fromkeys(where[r] for rows in part for r in rows)) or [0]
+        local = {u: i for i, u in enumerate(stickers)}
+        index = torch.zeros(len(part), width, dtype=torch.long)
+        for b, rows in enumerate(part):
+            index[b, :len(rows)] = torch.tensor([local[where[r]] for r in rows],
+                                                dtype=torch.long)
+        context = slice(start, start + len(part))
         with autocast(images.device):
-            logits = model.itm_logits(text_tokens[b], mask[b], tokens[s])
-        flat.append(logits[:, 1].float().cpu())
-    scores = torch.cat(flat).numpy()
-    out, start = [], 0
-    for rows in candidates:
-        out.append(scores[start:start + len(rows)])
-        start += len(rows)
+            memory = image_memory(model, tokens[torch.tensor(stickers, device=tokens.device)])
+            logits = match_scores(model, text_tokens[context], mask[context], memory,
+                                  index.to(tokens.device))
+        logits = logits.float().cpu().numpy()
+        out.extend(logits[b, :len(rows)] for b, rows in enumerate(part))
     return out
 
 
