@@ -10,7 +10,9 @@ the worker, ``dialogs_per_s_per_worker``) and ``device``, where the worker only 
 uint8 candidates and draws the parameters (``device_gather_dialogs_per_s``) and the trainer
 augments whole batches (``device_batched_dialogs_per_s``: gather and every augmentation of
 batches of ``--batch`` dialogs, here on this CPU with one thread, the same work as the
-loader path's figure; ``device_vs_loader`` is their ratio).
+loader path's figure; ``device_vs_loader`` is their ratio). Both paths' workers are timed
+making whole batches of ``--batch`` dialogs, the collate that stacks them included: writing a
+fresh batch tensor costs the same page faults on either path.
 
     python bench/data_loading.py [--dialogs 200] [--batch 32]
 """
@@ -27,23 +29,33 @@ import torch
 
 from srs_core.config import load_config
 from srs_core.data.augment import augment_batch
-from srs_core.data.dataset import SrsDataset
+from srs_core.data.dataset import SrsDataset, make_collate
 from srs_core.data.examples import load_examples
 from srs_core.data.sticker_cache import build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
 
 
-def dialogs_per_s_per_worker(dataset: SrsDataset, dialogs: int | None = None) -> float:
-    """Dialogs/s of one loader worker: one thread (as DataLoader's workers), after a warm-up."""
+def _no_tokens(contexts) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.ones(len(contexts), 1, dtype=torch.long)  # tokenising is the same on both paths
+    return ids, ids
+
+
+COLLATE = make_collate(_no_tokens)
+
+
+def dialogs_per_s_per_worker(dataset: SrsDataset, dialogs: int | None = None,
+                             batch_size: int = 32) -> float:
+    """Dialogs/s of one loader worker making batches (items, then the collate that stacks
+    them into the trainer's tensors): one thread, as DataLoader's workers, after a warm-up."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         count = min(dialogs or len(dataset), len(dataset))
-        dataset[0]  # warm-up
+        COLLATE([dataset[0]])  # warm-up
         started = time.perf_counter()
-        for index in range(count):
-            dataset[index]
+        for start in range(0, count, batch_size):
+            COLLATE([dataset[i] for i in range(start, min(start + batch_size, count))])
         return count / (time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
@@ -53,16 +65,15 @@ def device_dialogs_per_s(dataset: SrsDataset, dialogs: int | None = None,
                          batch_size: int = 32, device: str | torch.device = "cpu",
                          gather: bool = True) -> float:
     """Dialogs/s of the device path (``dataset`` built with ``on_device=True``): each batch's
-    uint8 candidates and draws gathered (left out of the timing unless ``gather``), moved to
-    ``device`` and augmented there; one CPU thread, after a warm-up batch."""
+    uint8 candidates and draws gathered and collated (left out of the timing unless
+    ``gather``), moved to ``device`` and augmented there; one CPU thread, after a warm-up."""
     device = torch.device(device)
     count = min(dialogs or len(dataset), len(dataset))
     starts = range(0, count - batch_size + 1, batch_size) if count >= batch_size else [0]
 
     def batch(start: int) -> dict:
-        items = [dataset[i] for i in range(start, min(start + batch_size, count))]
-        return {key: torch.stack([item[key] for item in items]).to(device)
-                for key in ("images", "augment")}
+        collated = COLLATE([dataset[i] for i in range(start, min(start + batch_size, count))])
+        return {key: collated[key].to(device) for key in ("images", "augment")}
 
     def run(ready: dict) -> None:
         augment_batch(ready)
@@ -102,10 +113,10 @@ def main() -> None:
             examples = load_examples(root, "train", cache)
             for simclr in (False, True):
                 dataset = SrsDataset(examples, cache, train=True, simclr=simclr)
-                rate = dialogs_per_s_per_worker(dataset)
+                rate = dialogs_per_s_per_worker(dataset, batch_size=args.batch)
                 on_device = SrsDataset(examples, cache, train=True, simclr=simclr,
                                        on_device=True)
-                gather = dialogs_per_s_per_worker(on_device)
+                gather = dialogs_per_s_per_worker(on_device, batch_size=args.batch)
                 batched = device_dialogs_per_s(on_device, batch_size=args.batch)
                 results.append({
                     "preset": preset, "image_size": size, "simclr": simclr,
