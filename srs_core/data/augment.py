@@ -146,11 +146,9 @@ def train_crop(raw: torch.Tensor, boxes: torch.Tensor, plan: torch.Tensor,
     """The training image: each ``[N, 3, S, S]`` uint8 image's box (``boxes [N, 4]``, host
     copy ``plan``) resized to S x S with antialiased bicubic, float on the 0-255 grid.
 
-    On a CPU, above ``CPU_BATCHED_CROP_UP_TO`` pixels, torchvision's uint8 kernel per image
-    (the loader path's own pixels) is faster than the dense batched products (128 px: 0.24 vs
-    0.81 ms per image; 32 px: 0.08 vs 0.04); otherwise the batch goes through
-    :func:`_resized_crop` at once (``source``: ``raw`` as float, if already made).
-    """
+    A CPU above ``CPU_BATCHED_CROP_UP_TO`` px runs torchvision's uint8 kernel per image (the
+    loader path's pixels; 128 px: 0.24 vs 0.81 ms per image batched, 32 px: 0.08 vs 0.04);
+    otherwise :func:`_resized_crop` takes the batch (``source``: ``raw`` as float, if made)."""
     if raw.device.type != "cpu" or raw.shape[-1] <= CPU_BATCHED_CROP_UP_TO:
         return _resized_crop(raw if source is None else source, boxes)
     size = raw.shape[-1]
