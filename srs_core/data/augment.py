@@ -128,7 +128,7 @@ def augment_batch(batch: dict, plan: torch.Tensor | None = None, chunk: int = 0)
     with torch.no_grad():
         for start in range(0, len(raw), chunk):
             part = slice(start, start + chunk)
-            source = raw[part].float()
+            source = raw[part].float() if simclr else None  # the views' input, made once
             _normalise(train_crop(raw[part], params[part, :CROP], plan[part, :CROP], source),
                        out=images[part])
             for view in range(len(views)):

@@ -79,15 +79,14 @@ def itm_scores(model: torch.nn.Module, text_tokens: torch.Tensor, mask: torch.Te
     out: list[np.ndarray] = []
     for start in range(0, len(candidates), group):
         part = candidates[start:start + group]
-        stickers = list(dict.fromkeys(where[r] for rows in part for r in rows)) or [0]
-        local = {u: i for i, u in enumerate(stickers)}
+        local = {r: i for i, r in enumerate(dict.fromkeys(r for rows in part for r in rows))}
         index = torch.zeros(len(part), width, dtype=torch.long)
         for b, rows in enumerate(part):
-            index[b, :len(rows)] = torch.tensor([local[where[r]] for r in rows],
-                                                dtype=torch.long)
+            index[b, :len(rows)] = torch.tensor([local[r] for r in rows], dtype=torch.long)
+        chosen = torch.tensor([where[r] for r in local] or [0], device=tokens.device)
         context = slice(start, start + len(part))
         with autocast(images.device):
-            memory = image_memory(model, tokens[torch.tensor(stickers, device=tokens.device)])
+            memory = image_memory(model, tokens[chosen])
             logits = match_scores(model, text_tokens[context], mask[context], memory,
                                   index.to(tokens.device))
         logits = logits.float().cpu().numpy()
