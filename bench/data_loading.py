@@ -12,15 +12,18 @@ augments whole batches (``device_batched_dialogs_per_s``: gather and every augme
 batches of ``--batch`` dialogs, here on this CPU with one thread, the same work as the
 loader path's figure; ``device_vs_loader`` is their ratio). Both paths' workers are timed
 making whole batches of ``--batch`` dialogs, the collate that stacks them included: writing a
-fresh batch tensor costs the same page faults on either path.
+fresh batch tensor costs the same page faults on either path. The two paths are timed in
+turns, ``--rounds`` times, so that a shared machine's drift falls on both: each figure is the
+median over the rounds, and the ratio's spread is the per-round ratios'.
 
-    python bench/data_loading.py [--dialogs 200] [--batch 32]
+    python bench/data_loading.py [--dialogs 200] [--batch 32] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ from srs_core.data.examples import load_examples
 from srs_core.data.sticker_cache import build_sticker_cache
 from srs_core.data.stickerchat import iter_dialogs
 from srs_core.data.synth import synthesize
+from srs_core.process import keep_freed_memory
 
 
 def _no_tokens(contexts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,11 +98,21 @@ def device_dialogs_per_s(dataset: SrsDataset, dialogs: int | None = None,
         torch.set_num_threads(threads)
 
 
+def _one_round(dataset: SrsDataset, on_device: SrsDataset, batch_size: int) -> dict[str, float]:
+    """Both paths timed once, one after the other: dialogs/s of the loader path's worker, of
+    the device path's worker (gathering only) and of the device path's whole work."""
+    return {"loader": dialogs_per_s_per_worker(dataset, batch_size=batch_size),
+            "gather": dialogs_per_s_per_worker(on_device, batch_size=batch_size),
+            "device": device_dialogs_per_s(on_device, batch_size=batch_size)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dialogs", type=int, default=200)
     parser.add_argument("--batch", type=int, default=32, help="dialogs per device batch")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of both paths' timings")
     args = parser.parse_args()
+    keep_freed_memory()  # as the product's training and evaluation processes do
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -113,11 +127,12 @@ def main() -> None:
             examples = load_examples(root, "train", cache)
             for simclr in (False, True):
                 dataset = SrsDataset(examples, cache, train=True, simclr=simclr)
-                rate = dialogs_per_s_per_worker(dataset, batch_size=args.batch)
                 on_device = SrsDataset(examples, cache, train=True, simclr=simclr,
                                        on_device=True)
-                gather = dialogs_per_s_per_worker(on_device, batch_size=args.batch)
-                batched = device_dialogs_per_s(on_device, batch_size=args.batch)
+                rounds = [_one_round(dataset, on_device, args.batch) for _ in range(args.rounds)]
+                rate, gather, batched = (statistics.median(r[k] for r in rounds)
+                                         for k in ("loader", "gather", "device"))
+                ratios = [r["device"] / r["loader"] for r in rounds]
                 results.append({
                     "preset": preset, "image_size": size, "simclr": simclr,
                     "dialogs": len(dataset), "images_per_dialog": 30 if simclr else 10,
@@ -126,10 +141,11 @@ def main() -> None:
                     "device_gather_dialogs_per_s": round(gather, 2),
                     "device_batched_dialogs_per_s": round(batched, 2),
                     "device_ms_per_dialog": round(1000 / batched, 2),
-                    "device_vs_loader": round(batched / rate, 2),
+                    "device_vs_loader": round(statistics.median(ratios), 2),
+                    "device_vs_loader_per_round": [round(r, 2) for r in ratios],
                 })
     print(json.dumps({"benchmark": "data_loading", "threads": 1, "device_batch": args.batch,
-                      "results": results}, indent=2))
+                      "rounds": args.rounds, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

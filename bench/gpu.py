@@ -67,6 +67,7 @@ from srs_core.emotion.teacher import MIN_LR_RATIO, build_teacher, train_epoch
 from srs_core.evaluate import summarize
 from srs_core.metrics import positive_ranks
 from srs_core.model import flops_per_dialog, param_groups
+from srs_core.process import keep_freed_memory
 from srs_core.runtime.precision import autocast_context
 from srs_core.runtime.schedule import cosine_with_warmup
 from srs_core.runtime.trainer import build_optimizer
@@ -430,6 +431,7 @@ def main() -> None:
                         help="seconds for all sections (default: 420 on a GPU, 60 on the CPU)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    keep_freed_memory()  # as the product's training and evaluation processes do
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if gpu and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")

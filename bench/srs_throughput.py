@@ -39,6 +39,7 @@ from srs_core.model.factory import build_model
 from srs_core.model.losses import compute_losses
 from srs_core.model.tokenizer import ContextTokenizer
 from srs_core.model.vocab import resolve_vocab
+from srs_core.process import keep_freed_memory
 from srs_core.runtime.precision import autocast_context
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
@@ -272,6 +273,7 @@ def main() -> None:
     parser.add_argument("--dialogs", type=int, default=1200,
                         help="demo training dialogs (the test split gets a sixth)")
     args = parser.parse_args()
+    keep_freed_memory()  # as the product's training and evaluation processes do
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -35,7 +35,10 @@ def evaluate(
     from srs_core.config import load_config
     from srs_core.evaluate import evaluate as score_split
     from srs_core.metrics import METRIC_NAMES
+    from srs_core.process import keep_freed_memory
     from srs_core.report import evaluation_report
+
+    keep_freed_memory()
 
     # The model config comes from the checkpoint; the data, limits and batch size from here.
     cfg = load_config([], [*shlex.split(overrides), f"data.stickerchat={stickerchat}"],

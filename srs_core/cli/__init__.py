@@ -21,7 +21,7 @@ from typing import Any
 
 from srs_core import __version__
 from srs_core.errors import ConfigError, SrsError
-from srs_core.process import die_with_parent
+from srs_core.process import die_with_parent, keep_freed_memory
 
 log = logging.getLogger("srs")
 DEBUG_ENV = "SRS_DEBUG"
@@ -98,6 +98,7 @@ def describe_failure(exc: BaseException) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: never outlive the agent
         die_with_parent()
+    keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")

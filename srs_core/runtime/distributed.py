@@ -15,7 +15,7 @@ import torch
 import torch.distributed as torch_dist
 
 from srs_core.errors import ConfigError
-from srs_core.process import die_with_parent
+from srs_core.process import die_with_parent, keep_freed_memory
 from srs_core.runtime.device import select_device
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def init_distributed() -> DistInfo:
     local_rank = _env_int("LOCAL_RANK", 0)
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: never outlive the agent
         die_with_parent()
+    keep_freed_memory()  # a training process: its steps free and allocate the same tensors
     device = select_device(local_rank)
     if world_size > 1 and not torch_dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
