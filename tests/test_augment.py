@@ -234,7 +234,8 @@ def test_crops_match_torchvision_on_the_same_boxes(mode: str) -> None:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    from srs_core.data.augment import _bilinear_crop, _resized_crop, draw_parameters
+    from srs_core.data.augment import draw_parameters
+    from srs_core.data.crops import bicubic_crops, bilinear_crops
 
     torch.manual_seed(0)
     n, size = 32, 128
@@ -248,9 +249,9 @@ def test_crops_match_torchvision_on_the_same_boxes(mode: str) -> None:
         TF.resized_crop(raw[i], *[int(v) for v in boxes[i]], [size, size],
                         interpolation=interpolation, antialias=True) for i in range(n)])
     if mode == "bilinear":
-        ours = _bilinear_crop(raw, boxes, torch.zeros(n))
+        ours = bilinear_crops(raw, boxes, torch.zeros(n))
     else:
-        ours = _resized_crop(raw, boxes)
+        ours = bicubic_crops(raw, boxes)
     difference = (ours - expected.float()).abs()
     assert difference.max() <= 2
     assert (difference > 0).float().mean() < 0.25
@@ -297,24 +298,56 @@ def test_each_step_matches_torchvision_given_the_same_draw(op: str) -> None:
     assert (difference > 0).float().mean() < 0.01
 
 
-def test_the_cpu_train_crop_is_torchvisions_and_the_batched_one_is_close() -> None:
-    """On a CPU above 64 px the train crop is torchvision's uint8 bicubic per image (the
-    loader path's pixels); the batched product (accelerators, small images) stays within
-    2 levels of it."""
+def test_cpu_crops_are_torchvisions_and_the_batched_ones_are_close() -> None:
+    """On a CPU above 64 px the train crop (bicubic) and the view crops (bilinear, flipped or
+    not) are torchvision's uint8 crops per image, the loader path's pixels; the batched
+    versions (accelerators, small images) stay within 2 levels of them."""
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    from srs_core.data.augment import _resized_crop, draw_parameters, train_crop
+    from srs_core.data.augment import draw_parameters, train_crop
+    from srs_core.data.crops import bicubic_crops, bilinear_crops, crop_each
+
+    def torchvision_crop(image, row, mode: str) -> torch.Tensor:
+        size = image.shape[-1]
+        crop = TF.resized_crop(image, *[int(v) for v in row[:4]], [size, size],
+                               interpolation=getattr(InterpolationMode, mode), antialias=True)
+        return TF.horizontal_flip(crop) if len(row) > 4 and row[4] > 0 else crop
 
     for size in (96, 48):
         raw = _colour_images(12, size=size)
-        boxes = torch.from_numpy(np.concatenate([draw_parameters(0, 0, i, 6, size, False)
+        draws = torch.from_numpy(np.concatenate([draw_parameters(0, 0, i, 6, size, True)
                                                  for i in range(2)]))
+        boxes, view = draws[:, :4], draws[:, 4:9]
+        assert 0 < (view[:, 4] > 0).sum() < len(view)  # some views flipped, some not
         ours = train_crop(raw, boxes, boxes)
-        expected = torch.stack([
-            TF.resized_crop(raw[i], *[int(v) for v in boxes[i]], [size, size],
-                            interpolation=InterpolationMode.BICUBIC, antialias=True)
-            for i in range(len(raw))]).float()
-        batched = _resized_crop(raw, boxes)
+        expected = torch.stack([torchvision_crop(raw[i], boxes[i], "BICUBIC")
+                                for i in range(len(raw))]).float()
+        batched = bicubic_crops(raw, boxes)
         assert ours.dtype == torch.float32 and (batched - expected).abs().max() <= 2
         assert torch.equal(ours, expected if size > 64 else batched)
+        expected = torch.stack([torchvision_crop(raw[i], view[i], "BILINEAR")
+                                for i in range(len(raw))]).float()
+        assert torch.equal(crop_each(raw, view, "bilinear"), expected)
+        assert (bilinear_crops(raw, view[:, :4], view[:, 4]) - expected).abs().max() <= 2
+
+
+def test_per_image_and_batched_crops_make_the_same_augmentations(monkeypatch) -> None:
+    """The whole batch at 96 px on a CPU (crops per image) against the same draws with the
+    crops batched: the same train images and views but for the crops' rounding, which the
+    colour steps may carry a level or two further."""
+    from srs_core.data import crops
+    from srs_core.data.augment import draw_parameters
+
+    n, size = 12, 96
+    raw = _colour_images(n, size=size)
+    draws = np.concatenate([draw_parameters(0, 0, i, 6, size, True) for i in range(2)])
+    batch = {"images": raw.view(2, 6, 3, size, size),
+             "augment": torch.from_numpy(draws).view(2, 6, -1)}
+    per_image = augment_batch(batch)
+    monkeypatch.setattr(crops, "CPU_BATCHED_CROP_UP_TO", size)
+    batched = augment_batch(batch)
+    for key in ("images", "views"):
+        difference = (_pixels(per_image[key]) - _pixels(batched[key])).abs()
+        assert torch.quantile(difference.flatten(), 0.99) <= 2, key
+        assert difference.mean() < 0.3, key

@@ -23,9 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
+from srs_core.data.crops import bicubic_crops, bilinear_crops, crop_each, crops_per_image
 from srs_core.data.transforms import (
     BLUR_P,
     BLUR_SIGMA,
@@ -43,7 +42,6 @@ from srs_core.data.transforms import (
 
 CROP, VIEW = 4, 17  # parameter columns of the train crop and of one SimCLR view
 CPU_CHUNK_PIXELS = 16 * 128 * 128  # images a CPU augments at once: a few, kept in its caches
-CPU_BATCHED_CROP_UP_TO = 64  # image side up to which a CPU makes train crops batched
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 
 
@@ -128,8 +126,9 @@ def augment_batch(batch: dict, plan: torch.Tensor | None = None, chunk: int = 0)
     with torch.no_grad():
         for start in range(0, len(raw), chunk):
             part = slice(start, start + chunk)
-            source = raw[part].float() if simclr else None  # the views' input, made once
-            _normalise(train_crop(raw[part], params[part, :CROP], plan[part, :CROP], source),
+            # The crops' input: uint8 for the per-image kernels, else float made once.
+            source = raw[part] if crops_per_image(raw) else raw[part].float()
+            _normalise(train_crop(source, params[part, :CROP], plan[part, :CROP]),
                        out=images[part])
             for view in range(len(views)):
                 columns = slice(CROP + view * VIEW, CROP + (view + 1) * VIEW)
@@ -141,31 +140,24 @@ def augment_batch(batch: dict, plan: torch.Tensor | None = None, chunk: int = 0)
     return batch
 
 
-def train_crop(raw: torch.Tensor, boxes: torch.Tensor, plan: torch.Tensor,
-               source: torch.Tensor | None = None) -> torch.Tensor:
-    """The training image: each ``[N, 3, S, S]`` uint8 image's box (``boxes [N, 4]``, host
-    copy ``plan``) resized to S x S with antialiased bicubic, float on the 0-255 grid.
-
-    A CPU above ``CPU_BATCHED_CROP_UP_TO`` px runs torchvision's uint8 kernel per image (the
-    loader path's pixels; 128 px: 0.24 vs 0.81 ms per image batched, 32 px: 0.08 vs 0.04);
-    otherwise :func:`_resized_crop` takes the batch (``source``: ``raw`` as float, if made)."""
-    if raw.device.type != "cpu" or raw.shape[-1] <= CPU_BATCHED_CROP_UP_TO:
-        return _resized_crop(raw if source is None else source, boxes)
-    size = raw.shape[-1]
-    out = torch.empty(raw.shape, dtype=torch.float32)
-    for i, (top, left, height, width) in enumerate(plan.long().tolist()):
-        out[i] = TF.resized_crop(raw[i], top, left, height, width, [size, size],
-                                 interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return out
+def train_crop(images: torch.Tensor, boxes: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """The training image: each ``[N, 3, S, S]`` image's box (``boxes [N, 4]``, host copy
+    ``plan``) resized to S x S with antialiased bicubic, float on the 0-255 grid."""
+    if crops_per_image(images):
+        return crop_each(images, plan, "bicubic")
+    return bicubic_crops(images, boxes)
 
 
-def simclr_view(raw: torch.Tensor, params: torch.Tensor, plan: torch.Tensor,
+def simclr_view(images: torch.Tensor, params: torch.Tensor, plan: torch.Tensor,
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """``[N, 3, S, S]`` images (uint8, or float on the 0-255 grid), ``[N, 17]`` draws of one
     view (``plan``: their host copy, which decides which images take which step) -> the
     normalised views (into ``out`` when given)."""
     # Every later step commutes with a horizontal flip: it rides with the crop.
-    x = _bilinear_crop(raw, params[:, :4], params[:, 4])
+    if crops_per_image(images):
+        x = crop_each(images, plan[:, :5], "bilinear")
+    else:
+        x = bilinear_crops(images, params[:, :4], params[:, 4])
     _jitter_(x, params[:, 6:10], plan)
     gray = _where(plan[:, 14] > 0, x.device)
     x.index_copy_(0, gray, _luma(x.index_select(0, gray)).floor_().expand(-1, 3, -1, -1))
@@ -177,74 +169,6 @@ def simclr_view(raw: torch.Tensor, params: torch.Tensor, plan: torch.Tensor,
 
 def _where(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     return mask.nonzero().squeeze(1).to(device, non_blocking=True)
-
-
-def _resized_crop(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Each image's box (top, left, height, width) resized to the full size, float32 on the
-    0-255 grid: torchvision's antialiased bicubic crop-then-resize of uint8 images."""
-    size = images.shape[-1]
-    top, left, height, width = boxes.unbind(1)
-    # Columns first, then rows, back on the grid after each (torchvision's native uint8
-    # resize). Each pass is a batched product with a per-image [S, S] resampling matrix:
-    # dense, but one BLAS call beats gathering a few taps per output pixel.
-    columns = _resampling_matrix(*_filter_taps(left, width, size), size)
-    rows = _resampling_matrix(*_filter_taps(top, height, size), size)
-    n, channels = images.shape[:2]
-    columns = columns.transpose(1, 2).contiguous()
-    x = torch.bmm(images.float().reshape(n, channels * size, size), columns)
-    x = x.round_().clamp_(0, 255).view(n * channels, size, size)
-    x = torch.bmm(rows.repeat_interleave(channels, dim=0), x)
-    return x.round_().clamp_(0, 255).view(n, channels, size, size)
-
-
-def _bilinear_crop(images: torch.Tensor, boxes: torch.Tensor,
-                   flip: torch.Tensor) -> torch.Tensor:
-    """Each image's box resized to the full size (``flip``: mirrored) in one bilinear
-    ``grid_sample`` pass (about 5x faster on a CPU than two resampling products): an upscale's
-    sample points, clamped to the box as torchvision's are, so only the rounding between
-    torchvision's two passes differs."""
-    size = images.shape[-1]
-    top, left, height, width = boxes.unbind(1)
-    outputs = torch.arange(size, device=images.device, dtype=torch.float32).view(1, size)
-
-    def sample_points(start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-        length = length.view(-1, 1)
-        source = ((outputs + 0.5) * length / size - 0.5).clamp_(min=0)
-        source = torch.minimum(source, length - 1) + start.view(-1, 1)
-        return (2 * source + 1) / size - 1  # grid_sample's [-1, 1], align_corners=False
-
-    x = sample_points(left, width)  # [N, S]
-    x = torch.where(flip.view(-1, 1) > 0, x.flip(1), x)
-    y = sample_points(top, height)
-    grid = torch.stack(torch.broadcast_tensors(x[:, None, :], y[:, :, None]), dim=-1)
-    out = F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
-    return out.round_().clamp_(0, 255)
-
-
-def _resampling_matrix(index: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
-    """``[N, S(out), S(in)]``: each output pixel's taps (``index, weights [N, S, T]``) as a row;
-    taps that land on the same input pixel add up."""
-    matrix = torch.zeros(len(index), size, size, device=weights.device, dtype=weights.dtype)
-    return matrix.scatter_add_(2, index, weights)
-
-
-def _filter_taps(start: torch.Tensor, length: torch.Tensor,
-                 size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``index, weights [N, S, 4]``: the input pixels and weights of each output pixel when
-    ``[start, start+length)`` is resized to ``size`` (an upscale) with torchvision's
-    antialiased bicubic filter: a tap outside the box is dropped and the rest renormalised."""
-    outputs = torch.arange(size, device=start.device, dtype=torch.float32).view(1, size)
-    length = length.view(-1, 1, 1)
-    source = ((outputs + 0.5) * length[..., 0] / size - 0.5).unsqueeze(-1)  # [N, S, 1]
-    taps = source.floor() + torch.arange(-1, 3, device=start.device)
-    distance = (taps - source).abs_()
-    near = ((1.5 * distance - 2.5) * distance) * distance + 1  # a = -0.5 (the AA kernel's)
-    far = ((distance - 5) * distance + 8) * distance * -0.5 + 2
-    weights = torch.where(distance < 1, near, torch.where(distance < 2, far, 0))
-    weights = weights * ((taps >= 0) & (taps < length))
-    weights = weights / weights.sum(-1, keepdim=True)
-    index = (taps.clamp(min=0) + start.view(-1, 1, 1)).clamp_(max=size - 1).long()
-    return index, weights
 
 
 def _jitter_(x: torch.Tensor, factors: torch.Tensor, plan: torch.Tensor) -> None:
