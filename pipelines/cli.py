@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from srs_core.cli import print_json
 from srs_core.errors import ConfigError
 
+log = logging.getLogger("srs")
 _PARAM_HELP = ("pipeline parameter, repeatable, e.g. --param epochs=2 --param "
                "overrides='train.max_steps=20' (see `srs pipeline params`)")
 
@@ -46,7 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = actions.add_parser(
         "run", help="run the whole pipeline on this machine (kfp.local)",
         description="Runs every step as a local subprocess with kfp.local, training with "
-        "torchrun, and prints the test metrics.",
+        "torchrun, and prints the test metrics. SIGTERM or SIGINT (Ctrl-C) cancels the run: "
+        "the running step gets SIGTERM, whatever of the run is still running after "
+        "$SRS_CANCEL_GRACE_SECONDS (default 30) is killed, no further step starts, and the "
+        "command exits with 128 + the signal's number (143, 130) once no process of the run "
+        "is left; a second signal kills at once.",
     )
     run.add_argument("--local", action="store_true", required=True,
                      help="run with kfp.local (the only mode; a cluster run is `submit`)")
@@ -90,12 +96,16 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.runner import parse_params, run_locally
+    from pipelines.runner import PipelineCancelled, parse_params, run_locally
 
     params = parse_params(args.param)
     if "preset" in params and params["preset"] != args.preset:
         raise ConfigError("give the preset once: --preset or --param preset=..., not both")
-    result = run_locally(args.data, args.out, {**params, "preset": args.preset})
+    try:
+        result = run_locally(args.data, args.out, {**params, "preset": args.preset})
+    except PipelineCancelled as exc:
+        log.error("%s", exc)
+        return exc.exit_code
     print_json(result["metrics"])
     # Reports are files; metrics and the confusion matrix live in each step's metadata.
     lines = [f"KFP artifacts of this run: {result['run_dir']} (metadata: */executor_output.json)"]

@@ -144,6 +144,7 @@ def srs_pipeline(
         overrides=overrides, anchors_k=anchors_k, epochs=epochs, batch_size=batch_size,
         train_nodes=train_nodes, gpus_per_node=gpus_per_node, eval_split=eval_split,
         train_timeout_hours=train_timeout_hours, sentiment_workers=sentiment_workers,
+        training_backend=training_backend,
     )
     with_resources(_retry(data, 3), *RESOURCES["validate"])
     stickerchat, ser30k = data.outputs["stickerchat"], data.outputs["ser30k"]

@@ -7,16 +7,21 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
+import time
+import uuid
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from srs_core.artifacts import DataRoots
 from srs_core.errors import ConfigError, JobError
 from srs_core.metrics import METRIC_NAMES
+from srs_core.process import ProcessEntry, ProcessSet, descendants, has_environment, process_table
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,13 @@ LOCAL_DEFAULTS = {"preset": "tiny", "training_backend": "local", "gpus_per_node"
 # (strict) first, then the authors' protocol's under "paper_".
 RANK_METRICS = (*METRIC_NAMES, *(f"paper_{name}" for name in METRIC_NAMES))
 _TYPES = {"String": str, "Integer": int, "Boolean": bool, "Float": float}
+# A cancelled local run (SIGTERM or SIGINT to `srs pipeline run --local`) gives its running
+# step this long to stop after passing it SIGTERM, then kills every process of the run left.
+CANCEL_GRACE_ENV = "SRS_CANCEL_GRACE_SECONDS"
+DEFAULT_CANCEL_GRACE = 30.0
+# Set in the environment of every step of a local run (a fresh value per run): finds the run's
+# processes even where they left the process tree (torchrun in its own session, orphans).
+RUN_MARK_ENV = "SRS_LOCAL_PIPELINE_RUN"
 
 
 def pipeline_parameters() -> dict[str, tuple[type, Any]]:
@@ -163,6 +175,7 @@ def run_locally(
     if arguments["training_backend"] != "local":
         raise ConfigError("a local run trains with training_backend=local (no cluster here)")
     check_parameters(arguments)
+    grace = cancel_grace_seconds()
     kfp_root = out / "kfp"
     kfp_root.mkdir(parents=True, exist_ok=True)
     before = set(kfp_root.iterdir())
@@ -170,17 +183,21 @@ def run_locally(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root),
                raise_on_error=True)
     # kfp.local prints the steps' logs to stdout; stdout is for the metrics.
-    try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            # Expected here: cluster settings (resources, GPUs) do nothing on one machine, and
-            # the steps run in this environment, not in the components' images.
-            warnings.filterwarnings("ignore", message=".*have no effect in the current local")
-            warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
-            outputs = pipeline_orchestrator.run_local_pipeline(
-                pipeline_spec=_without_retries(srs_pipeline.pipeline_spec), arguments=arguments)
-    except RuntimeError as exc:  # kfp.local names the failed task; its log is above
-        raise JobError(f"local pipeline run failed: {_plain(str(exc))} (step outputs: "
-                       f"{kfp_root})") from None
+    with _StepStopper(grace) as stopper:
+        try:
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                # Expected here: cluster settings (resources, GPUs) do nothing on one machine,
+                # and the steps run in this environment, not in the components' images.
+                warnings.filterwarnings("ignore", message=".*have no effect in the current local")
+                warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
+                outputs = pipeline_orchestrator.run_local_pipeline(
+                    pipeline_spec=_without_retries(srs_pipeline.pipeline_spec),
+                    arguments=arguments)
+        except RuntimeError as exc:  # kfp.local names the failed task; its log is above
+            stopper.raise_if_cancelled()
+            raise JobError(f"local pipeline run failed: {_plain(str(exc))} (step outputs: "
+                           f"{kfp_root})") from None
+        stopper.raise_if_cancelled()
     runs = sorted(set(kfp_root.iterdir()) - before)
     run_dir = runs[-1] if runs else None
     logged = outputs["Output"].metadata
@@ -219,3 +236,180 @@ def _artifacts(run_dir: Path | None) -> dict[str, dict[str, Any]]:
                 found.setdefault(output_file.parent.name, {})[name] = {
                     "uri": artifact.get("uri", ""), "metadata": artifact.get("metadata", {})}
     return found
+
+
+# --- cancelling a local run -------------------------------------------------------------------
+
+
+class PipelineCancelled(Exception):
+    """A local run stopped by SIGTERM or SIGINT; ``exit_code`` is 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def cancel_grace_seconds() -> float:
+    """``$SRS_CANCEL_GRACE_SECONDS`` (default 30): a cancelled step's time to stop."""
+    text = os.environ.get(CANCEL_GRACE_ENV, "").strip()
+    if not text:
+        return DEFAULT_CANCEL_GRACE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:  # also refuses nan
+        raise ConfigError(f"${CANCEL_GRACE_ENV}={text!r}: expected seconds from 0 to 86400")
+    return value
+
+
+class _StepStopper:
+    """While a local run goes on, SIGTERM or SIGINT to this process (a container stop, a KFP
+    cancel, Ctrl-C) is passed on as SIGTERM to the running step; whatever of the run still
+    runs ``grace`` seconds later is killed, no further step starts, and the run ends with
+    :class:`PipelineCancelled` once no process of it is left.
+
+    kfp.local starts each step (``sh -ec`` running ``kfp.dsl.executor_main``) as a child of
+    this process, in its process group, and in-step training starts torchrun in a session of
+    its own: a signal to this one process alone would leave them all running, orphaned. The
+    run's processes are found in /proc as this process's descendants and by a mark in their
+    environment (which also finds those that left the tree), each remembered by pid and start
+    time. A second signal kills at once. Signal handlers need the main thread; elsewhere
+    nothing is installed.
+    """
+
+    def __init__(self, grace: float):
+        self.grace = grace
+        self.token = uuid.uuid4().hex
+        self.signum: int | None = None
+        self.processes = ProcessSet()
+        self.killed = 0
+        self._reported = False
+        self._me = os.getpid()
+        self._unmarked: set[tuple[int, int]] = set()
+        self._hurry = threading.Event()
+        self._stopped = threading.Event()
+        self._finished = threading.Event()
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> _StepStopper:
+        from kfp.local import subprocess_task_handler
+
+        previous_mark = os.environ.get(RUN_MARK_ENV)
+        os.environ[RUN_MARK_ENV] = self.token
+        self._undo.append(lambda: _restore_env(RUN_MARK_ENV, previous_mark))
+        start_step = subprocess_task_handler.run_local_subprocess
+
+        def run_step(*args: Any, **kwargs: Any) -> int:
+            if self.signum is not None:  # cancelled between two steps: start no other
+                log.warning("cancelled: not starting the next step")
+                return 128 + self.signum
+            return start_step(*args, **kwargs)
+
+        subprocess_task_handler.run_local_subprocess = run_step
+        self._undo.append(lambda: setattr(subprocess_task_handler, "run_local_subprocess",
+                                          start_step))
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous = signal.signal(signum, self._on_signal)
+                self._undo.append(lambda s=signum, p=previous: signal.signal(s, p))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._finished.set()
+        if self.signum is not None:  # whatever ended the block: leave nothing running
+            self._stopped.wait(self.grace + 30)
+            if kind is None and not self._reported:  # the signal came after the last step
+                self.raise_if_cancelled()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            log.warning("received %s again: killing the run's processes now",
+                        signal.Signals(signum).name)
+            self._hurry.set()
+            return
+        self.signum = signum
+        self._track()
+        # A step is kfp's `sh -ec` and the `kfp.dsl.executor_main` it starts, both in our
+        # process group: they get the signal, as from a terminal. A process that made a group
+        # of its own (torchrun) is stopped by its step, or as an orphan when the step is gone.
+        alive = self.processes.alive()
+        steps = [entry for entry in alive if entry.group == os.getpgrp()]
+        log.warning("received %s: passing SIGTERM to the %d running step(s) (%d processes); "
+                    "whatever of the run is left after %gs ($%s) is killed",
+                    signal.Signals(signum).name, sum(e.ppid == self._me for e in alive),
+                    len(steps), self.grace, CANCEL_GRACE_ENV)
+        ProcessSet.signal(steps, signal.SIGTERM)
+        threading.Thread(target=self._stop, args=({e.pid for e in steps},), daemon=True,
+                         name="srs-cancel").start()
+
+    def _track(self) -> None:
+        """Remember every process of the run now running."""
+        table = process_table()
+        mine = descendants(self._me, table)
+        for pid, entry in table.items():
+            if pid == self._me or pid in mine or (pid, entry.start) in self._unmarked:
+                continue
+            if has_environment(pid, RUN_MARK_ENV, self.token):
+                mine.add(pid)
+            else:
+                self._unmarked.add((pid, entry.start))
+        self.processes.add([table[pid] for pid in mine if pid in table])
+
+    def _stop(self, signalled: set[int]) -> None:
+        deadline = time.monotonic() + self.grace
+        try:
+            while True:
+                self._track()
+                alive = self.processes.alive()
+                if not alive:
+                    break
+                if self._hurry.is_set() or time.monotonic() >= deadline:
+                    self._kill(alive)
+                    break
+                # a process whose step has ended (torchrun, workers): pass the signal on to it
+                running = {entry.pid for entry in alive} | {self._me}
+                orphans = [e for e in alive if e.ppid not in running and e.pid not in signalled]
+                ProcessSet.signal(orphans, signal.SIGTERM)
+                signalled.update(e.pid for e in orphans)
+                self._hurry.wait(0.1)
+        finally:
+            self._stopped.set()
+        # Only a process that escaped both the tree and the mark (holding the step's output
+        # pipe open) can keep the main thread waiting now: end the run anyway.
+        if not self._finished.wait(15) and self.signum is not None:
+            log.error("cancelled: the run did not finish 15s after its processes ended; exiting")
+            logging.shutdown()
+            os._exit(128 + self.signum)
+
+    def _kill(self, alive: list[ProcessEntry]) -> None:
+        log.warning("%d process(es) of the run still running %s: killing them (SIGKILL)",
+                    len(alive), "on a second signal" if self._hurry.is_set()
+                    else f"{self.grace:g}s after SIGTERM")
+        self.killed = len(alive)
+        ProcessSet.signal(alive, signal.SIGKILL)
+        until = time.monotonic() + 10
+        while self.processes.alive() and time.monotonic() < until:
+            time.sleep(0.05)
+
+    def raise_if_cancelled(self) -> None:
+        """After the orchestrator returned: PipelineCancelled once the run's processes ended."""
+        if self.signum is None:
+            return
+        self._reported = True
+        self._stopped.wait(self.grace + 30)
+        left = self.processes.alive()
+        name = signal.Signals(self.signum).name
+        how = f", {self.killed} killed after {self.grace:g}s" if self.killed else ""
+        raise PipelineCancelled(
+            self.signum, f"local pipeline run cancelled by {name}: its steps were stopped"
+            f"{how}" + (f"; still running: {sorted(e.pid for e in left)}" if left else ""))
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

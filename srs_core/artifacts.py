@@ -50,7 +50,7 @@ class TrainOutputs(_Outputs):
 
     @property
     def checkpoints(self) -> str:
-        """Resume state (``latest.pt``) of an interrupted run."""
+        """Resume state of an interrupted run (``ckpt-<step>.pt``; ``LATEST`` names the newest)."""
         return self._at("checkpoints")
 
 

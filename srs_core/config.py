@@ -21,7 +21,8 @@ from srs_core.config_checks import (  # noqa: F401  (check_run_parameters: re-ex
     CHOICES,
     check_run_parameters,
     coerce,
-    safe_load_unique,
+    one_line,
+    read_config_file,
     validate,
 )
 from srs_core.errors import ConfigError
@@ -127,6 +128,10 @@ class TrainConfig:
     weight_decay_rule: str = "paper"
     grad_clip: float = 5.0
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    keep_checkpoints: int = 2  # newest kept (both trainers; a damaged newest falls back)
+    # a resume whose checkpoint has other data-order/optimisation settings (both trainers):
+    # refuse | restart_schedule (its weights, a new schedule from step 0; --restart-schedule)
+    on_settings_change: str = "refuse"
     log_every: int = 20
     num_workers: int = 2
     # auto (device on CUDA, else loader) | loader (per image in the workers) | device (batched
@@ -275,10 +280,15 @@ def parse_override(text: str) -> dict[str, dict[str, Any]]:
     parts = dotted.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override {text!r}: key must look like section.key")
+    shown = repr(text) if len(text) <= 80 else repr(text[:77] + "...")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+        raise ConfigError(f"override {shown}: value is not valid YAML: {one_line(exc)}") \
+            from None
+    except RecursionError:
+        raise ConfigError(f"override {shown}: value nested too deeply (a setting is a number, "
+                          "a string or a flag)") from None
     if value is None:
         value = ""
     return {parts[0]: {parts[1]: value}}
@@ -296,16 +306,7 @@ def load_config(
     layers: list[tuple[str, dict[str, Any]]] = []
     file_preset = None
     for path in files:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        try:
-            loaded = safe_load_unique(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        loaded = read_config_file(path)
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         file_preset = loaded.pop("preset", file_preset)

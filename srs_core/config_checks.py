@@ -12,6 +12,7 @@ import dataclasses
 import math
 import types
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -34,6 +35,7 @@ CHOICES = {
     ("model", "attention"): ("sdpa", "eager"),
     ("train", "compile"): ("none", "default", "reduce-overhead", "max-autotune"),
     ("emotion", "memory_format"): ("auto", "channels_last", "contiguous"),
+    ("train", "on_settings_change"): ("refuse", "restart_schedule"),
 }
 
 
@@ -71,7 +73,7 @@ _POSITIVE = {
               "embed_dim", "temperature", "simclr_hidden", "simclr_dim"),
     "loss": ("simclr_temperature",),
     "train": ("epochs", "batch_size", "lr", "checkpoint_every", "log_every",
-              "warmup_step_iterations", "grad_accumulation"),
+              "warmup_step_iterations", "grad_accumulation", "keep_checkpoints"),
     "emotion": ("image_size", "epochs", "batch_size", "lr", "k", "kmeans_iterations"),
     "eval": ("batch_size", "paper_evals_per_epoch"),
 }
@@ -134,6 +136,37 @@ def safe_load_unique(text: str) -> Any:
 
 
 EVAL_SPLITS = ("val", "test")  # the training split is never reported as an evaluation result
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (YAML errors point at the text over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_config_file(path: str | Path) -> Any:
+    """A config file's YAML content; anything wrong with it is one :class:`ConfigError` line
+    naming the file (unreadable, not UTF-8, not YAML, duplicate keys, nested too deeply)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+            f"{'; it starts with a UTF-16 byte-order mark' if utf16 else ''}); save it as "
+            "UTF-8") from None
+    try:
+        return safe_load_unique(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {one_line(exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config (a config is sections "
+                          "of settings: section -> key -> value)") from None
 
 
 def check_run_parameters(

@@ -17,6 +17,11 @@ class StoreNotFound(StoreError):
     """The bucket, object or local path does not exist."""
 
 
+class DiskFullError(StoreError):
+    """A write ran out of space (ENOSPC, EDQUOT, EFBIG, a short write); the message names the
+    file and the free space, and the previous version of the file is unchanged."""
+
+
 class StoreAuthError(StoreError):
     """The object store refused the credentials (the secret itself is never printed)."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
+from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -54,3 +56,90 @@ def keep_freed_memory() -> bool:
     except AttributeError:  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE) and mallopt(_M_TRIM_THRESHOLD, _KEEP_UP_TO))
+
+
+@dataclass(frozen=True)
+class ProcessEntry:
+    """One process as /proc shows it; ``start`` (clock ticks after boot) tells a reused pid."""
+
+    pid: int
+    ppid: int
+    group: int
+    session: int
+    state: str
+    start: int
+
+
+def _entry(pid: int) -> ProcessEntry | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read().decode("ascii", "replace")
+    except OSError:  # gone, or not ours to read
+        return None
+    # "pid (comm) state ppid pgrp session ... starttime": comm may hold spaces and parentheses
+    fields = text[text.rfind(")") + 2:].split()
+    return ProcessEntry(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0],
+                        int(fields[19]))
+
+
+def process_table() -> dict[int, ProcessEntry]:
+    """Every process this user can see in /proc (empty where there is no /proc)."""
+    table: dict[int, ProcessEntry] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if name.isdigit() and (entry := _entry(int(name))) is not None:
+                table[entry.pid] = entry
+    return table
+
+
+def descendants(root: int, table: dict[int, ProcessEntry]) -> set[int]:
+    """The pids of every process below ``root`` in ``table`` (children, their children...)."""
+    children: dict[int, list[int]] = {}
+    for entry in table.values():
+        children.setdefault(entry.ppid, []).append(entry.pid)
+    found: set[int] = set()
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def has_environment(pid: int, name: str, value: str) -> bool:
+    """Whether process ``pid`` started with ``name=value`` in its environment."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            return f"{name}={value}".encode() in environ.read().split(b"\0")
+    except OSError:
+        return False
+
+
+class ProcessSet:
+    """Processes once seen, each known by pid and start time, so that a pid the system gave to
+    another process since is never signalled."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, ProcessEntry] = {}
+
+    def add(self, entries: list[ProcessEntry]) -> None:
+        for entry in entries:
+            self.seen.setdefault(entry.pid, entry)
+
+    def alive(self) -> list[ProcessEntry]:
+        """Those still running (a zombie has ended: only its parent's wait is missing)."""
+        left = []
+        for pid, first in self.seen.items():
+            now = _entry(pid)
+            if now is not None and now.start == first.start and now.state not in "ZX":
+                left.append(now)
+        return left
+
+    @staticmethod
+    def signal(entries: list[ProcessEntry], signum: int) -> None:
+        for entry in entries:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                now = _entry(entry.pid)
+                if now is not None and now.start == entry.start:
+                    os.kill(entry.pid, signum)

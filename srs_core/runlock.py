@@ -28,7 +28,7 @@ import uuid
 from types import TracebackType
 
 from srs_core import store
-from srs_core.errors import ConfigError, StoreError, StoreNotFound
+from srs_core.errors import ConfigError, DiskFullError, StoreError, StoreNotFound
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class RunLock:
         self.record["heartbeat"] = time.time()
         try:
             store.write_text(self.uri, json.dumps(self.record))
+        except DiskFullError:
+            raise  # says what to do already
         except (OSError, StoreError) as exc:
             raise StoreError(f"the output {self.output_uri} is not writable ({exc}); choose "
                              "another output location or fix its permissions") from None

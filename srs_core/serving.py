@@ -8,8 +8,8 @@
 returns ``{"predictions": [{"polarity": {...}, "suggestions": [...]}, ...]}`` (one per
 instance, see :meth:`srs_core.library.Suggester.suggest`). The checkpoint and the index are
 loaded before the server listens, so ``GET /v1/models/<name>`` (the readiness probe) answers
-200 only once the model can answer. Bad input is a 400 naming the field; a body over
-``Limits.max_body_bytes`` is a 413.
+200 only once the model can answer. Bad input is a 400 naming the field (a set id that no
+sticker of the index belongs to included); a body over ``Limits.max_body_bytes`` is a 413.
 
 Concurrent requests are scored together: :class:`MicroBatcher` collects the instances that
 arrive within ``batch_wait_ms`` (up to ``max_batch``) and runs them as one model batch on one
@@ -22,11 +22,12 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from srs_core.data import limits
 from srs_core.library import Query, Suggester
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,10 @@ class Limits:
 
     max_body_bytes: int = 1 << 20
     max_instances: int = 64
-    max_utterances: int = 50
-    max_chars: int = 2000  # per utterance
+    max_utterances: int = limits.MAX_CONTEXT_UTTERANCES
+    # per utterance; the suggester then keeps the last limits.MAX_UTTERANCE_CHARS of each
+    # (a "warnings" entry of the prediction says so)
+    max_chars: int = 2000
     max_k: int = 50
     max_n: int = 500
     max_sets: int = 1000
@@ -62,8 +65,13 @@ def _int(item: dict, key: str, default: int, low: int, high: int, where: str) ->
     return value
 
 
-def parse_instances(payload: Any, limits: Limits = Limits()) -> list[Query]:
-    """The v1 ``instances`` as queries; :class:`BadRequest` says what is wrong and where."""
+def parse_instances(payload: Any, limits: Limits = Limits(),
+                    known_sets: Collection[int] | None = None) -> list[Query]:
+    """The v1 ``instances`` as queries; :class:`BadRequest` says what is wrong and where.
+
+    ``known_sets`` (the index's set ids): a set id outside it is a 400 naming it, not an
+    answer with no suggestion.
+    """
     if isinstance(payload, bytes | str):
         # KServe decodes JSON only for a JSON content type; `curl -d` sends form-encoded.
         try:
@@ -109,6 +117,11 @@ def parse_instances(payload: Any, limits: Limits = Limits()) -> list[Query]:
                 isinstance(s, int) and not isinstance(s, bool) for s in sets):
             raise BadRequest(f"{where}.sets must be a list of at most {limits.max_sets} "
                              "integer set ids")
+        unknown = [] if known_sets is None else [
+            s for s in dict.fromkeys(sets) if s not in known_sets]
+        if unknown:
+            raise BadRequest(f"{where}.sets: unknown set id(s) {', '.join(map(str, unknown))}: "
+                             "no sticker of the index belongs to them")
         queries.append(Query(tuple(utterances), k, n, tuple(sets), per_set))
     return queries
 
@@ -200,7 +213,8 @@ def make_model(name: str, checkpoint: str, index: str, kind: str = "flat",
                 if length > limits.max_body_bytes:
                     raise BadRequest(f"request body of {length} bytes; at most "
                                      f"{limits.max_body_bytes}", status=413)
-                queries = parse_instances(payload, limits)
+                assert self.suggester is not None
+                queries = parse_instances(payload, limits, self.suggester.known_sets)
             except BadRequest as exc:
                 if exc.status == 400:
                     raise InvalidInput(str(exc)) from None  # KServe's 400 {"error": ...}

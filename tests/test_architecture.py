@@ -33,7 +33,7 @@ LAYER_OF = {
     "data": "data",
     "model": "model",
     "emotion": "work", "evaluate": "work", "inference": "work", "library": "work",
-    "sentiment": "work", "launch": "work", "train": "work",
+    "sentiment": "work", "launch": "work", "train": "work", "study": "work",
     "cli": "faces", "serving": "faces", "deploy": "faces", "report": "faces",
 }
 # Same layer, still forbidden: training sits above evaluation and perception.

@@ -191,7 +191,7 @@ def test_a_device_augmented_run_resumes_exactly_mid_epoch(tmp_path, monkeypatch)
     """As tests/test_train.py's kill-and-resume test, in one process: the checkpoint a run
     leaves at step 6 of 12 is resumed and must retrace the uninterrupted run bit for bit."""
     from srs_core.data.synth import synthesize
-    from srs_core.runtime.checkpoint import load_torch
+    from srs_core.runtime.checkpoint import CheckpointManager
     from srs_core.train import loop
 
     synthesize(tmp_path / "demo", seed=11, dialogs=48, sets=10, images=70)
@@ -222,8 +222,8 @@ def test_a_device_augmented_run_resumes_exactly_mid_epoch(tmp_path, monkeypatch)
     expected = _losses(tmp_path / "reference")
     assert sorted(expected) == list(range(1, 13))
     assert _losses(tmp_path / "resumed") == {s: v for s, v in expected.items() if s > 6}
-    resumed = load_torch(str(tmp_path / "resumed" / "checkpoints" / "latest.pt"))["model"]
-    reference = load_torch(str(tmp_path / "reference" / "checkpoints" / "latest.pt"))["model"]
+    resumed = CheckpointManager(str(tmp_path / "resumed" / "checkpoints")).latest()[1]["model"]
+    reference = CheckpointManager(str(tmp_path / "reference" / "checkpoints")).latest()[1]["model"]
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 

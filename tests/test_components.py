@@ -121,7 +121,8 @@ def kfp_local(tmp_path: Path) -> Path:
 
 def test_validate_component_reports_and_counts(demo_data: Path, kfp_local: Path) -> None:
     task = components.validate(stickerchat=str(demo_data / "stickerchat"),
-                               ser30k=str(demo_data / "ser30k"), strict=True)
+                               ser30k=str(demo_data / "ser30k"), strict=True,
+                               anchors_k=4)  # the demo's SER30K classes hold a few images
     assert task.outputs["stickerchat"] == str(demo_data / "stickerchat")
     assert task.outputs["ser30k"] == str(demo_data / "ser30k")
     counts = task.outputs["counts"].metadata
@@ -141,7 +142,8 @@ def test_validate_component_fails_the_step_on_bad_data_in_strict_mode(
     shutil.copytree(demo_data, broken)
     sticker = next((broken / "stickerchat" / "npy_stickers").glob("*/*.npy"))
     np.save(sticker, np.zeros((4, 4, 7), dtype=np.uint8))  # 7 channels: a bad sticker
-    arguments = {"stickerchat": str(broken / "stickerchat"), "ser30k": str(broken / "ser30k")}
+    arguments = {"stickerchat": str(broken / "stickerchat"), "ser30k": str(broken / "ser30k"),
+                 "anchors_k": 4}
     lenient = components.validate(strict=False, **arguments)
     assert lenient.outputs["counts"].metadata["problem_npy_bad_shape"] == 1
     with pytest.raises(RuntimeError, match="validate.*FAILURE"):

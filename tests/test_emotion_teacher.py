@@ -178,7 +178,8 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path: Path) -> N
 
     with pytest.raises(RuntimeError, match="injected"):
         train_teacher(cfg, str(out), on_epoch_end=interrupt)
-    assert (out / "checkpoints" / "latest.pt").exists() and not (out / "teacher.pth").exists()
+    assert (out / "checkpoints" / "ckpt-000000001.pt").exists()
+    assert not (out / "teacher.pth").exists()
     resumed = train_teacher(cfg, str(out))
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"] == reference["history"]

@@ -291,3 +291,22 @@ def test_cli_render_prints_a_valid_job_without_secret_values(capsys, monkeypatch
 
 def test_cli_render_reports_a_bad_flag_as_an_error(capsys):
     assert main(["job", "render", "--image", "srs:1", "--memory", "lots"]) == 2
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_pods_give_a_preempted_run_time_to_checkpoint(key):
+    """SIGTERM -> checkpoint at the step boundary needs a grace period before the kubelet's
+    SIGKILL, and torchrun must wait for its workers nearly as long (its default is 30 s)."""
+    from srs_core.launch.spec import TERMINATION_GRACE_SECONDS
+
+    manifest = render_pytorchjob(SPECS[key])
+    validate_pytorchjob(manifest, CRD_PATH)
+    for pod in _pods(manifest):
+        assert pod["spec"]["terminationGracePeriodSeconds"] == TERMINATION_GRACE_SECONDS >= 120
+        (container,) = pod["spec"]["containers"]
+        wait = int(_env(container)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
+        assert 60 <= wait < TERMINATION_GRACE_SECONDS
+    longer = render_pytorchjob(SPECS[key].with_overrides(termination_grace_seconds=900))
+    assert all(p["spec"]["terminationGracePeriodSeconds"] == 900 for p in _pods(longer))
+    with pytest.raises(ConfigError, match="termination_grace_seconds=10 leaves no time"):
+        render_pytorchjob(SPECS[key].with_overrides(termination_grace_seconds=10))

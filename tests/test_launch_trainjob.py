@@ -316,3 +316,19 @@ def test_cli_render_and_run_trainjob(stub, tmp_path, monkeypatch, capsys):
     assert code == 1
     body = stub.calls("POST", PATHS["trainjob"])[0].body
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_trainjob_pods_give_a_preempted_run_time_to_checkpoint():
+    from srs_core.launch.spec import TERMINATION_GRACE_SECONDS
+
+    job = render_trainjob(spec(termination_grace_seconds=600))
+    validate_trainjob(job)
+    (patch,) = job["spec"]["runtimePatches"]
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"][
+        "spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 600
+    env = {e["name"]: e.get("value") for e in job["spec"]["trainer"]["env"]}
+    assert int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) < 600
+    runtime = render_runtime()["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]
+    assert runtime["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == \
+        TERMINATION_GRACE_SECONDS

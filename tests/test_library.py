@@ -137,3 +137,38 @@ def test_evaluate_with_library_keeps_the_protocol_keys(lib, tmp_path: Path) -> N
 
     page = evaluation_report(str(tmp_path / "lib"), lib.stickerchat, examples=0)
     assert "Library metrics" in page and "ITA top-50 reranked by ITM" in page
+
+
+def test_library_refuses_unknown_sets_and_n_below_k(suggester) -> None:
+    """No empty answer for a set the index lacks, no silent widening of n to k."""
+    from srs_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown set id"):
+        suggester.suggest([["好"]], k=2, n=5, sets=[987654321])
+    with pytest.raises(ConfigError, match="n 3 is smaller than k 5"):
+        suggester.suggest([["好"]], k=5, n=3)
+    with pytest.raises(ConfigError, match="k must be >= 1"):
+        suggester.suggest([["好"]], k=0)
+
+
+def test_long_utterances_and_contexts_are_cut_before_tokenisation(suggester, caplog) -> None:
+    """A long utterance is cut to its last MAX_UTTERANCE_CHARS characters (what the tokenizer
+    keeps of it anyway), a long context to its latest MAX_CONTEXT_UTTERANCES: same answer as
+    the cut context, with a named warning in the log and in the answer."""
+    import logging
+
+    from srs_core.data import limits
+
+    caplog.set_level(logging.WARNING)
+    tail = "开心" * (limits.MAX_UTTERANCE_CHARS // 2)
+    long = ["难过" * 20_000 + tail]  # 80k characters: seconds to tokenise before the limit
+    [cut] = suggester.suggest([long], k=3, n=10)
+    [same] = suggester.suggest([[tail]], k=3, n=10)
+    assert cut["suggestions"] == same["suggestions"] and "warnings" not in same
+    assert any("utterance_truncated: 1 utterance" in w for w in cut["warnings"])
+    assert "utterance_truncated" in caplog.text
+    many = [f"第{i}句" for i in range(limits.MAX_CONTEXT_UTTERANCES + 5)]
+    [dropped] = suggester.suggest([many], k=3, n=10)
+    [latest] = suggester.suggest([many[5:]], k=3, n=10)
+    assert dropped["suggestions"] == latest["suggestions"]
+    assert any("context_truncated: the 5 oldest" in w for w in dropped["warnings"])

@@ -80,10 +80,12 @@ def test_pipeline_parameters_are_refused_before_any_work(
     assert not out.exists()  # nothing started
 
 
-def test_anchors_k_zero_means_zero(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    code = main(["emotion", "anchors", "--k", "0", "--teacher", str(tmp_path / "t.pth"),
-                 "--out", str(tmp_path / "a")])
-    assert code == 2 and "--k must be at least 1, got 0" in caplog.text
+def test_anchors_k_zero_means_zero(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["emotion", "anchors", "--k", "0", "--teacher", str(tmp_path / "t.pth"),
+              "--out", str(tmp_path / "a")])
+    assert exited.value.code == 2
+    assert "argument --k: must be >= 1, got 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- one writer

@@ -105,12 +105,35 @@ def test_concurrent_requests_are_answered(server) -> None:
     ({"instances": [{"utterances": ["hi"], "color": 1}]}, 400, "unknown field"),
     ({"instances": [{"utterances": ["hi"]}] * 65}, 413, "at most 64"),
     ({"instances": [{"utterances": ["x" * 3000]}]}, 413, "characters"),
+    # set ids the index does not hold: a 400 naming them, not 200 with no suggestion
+    ({"instances": [{"utterances": ["hi"], "sets": [987654321]}]}, 400, "987654321"),
+    ({"instances": [{"utterances": ["hi"]}, {"utterances": ["hi"], "sets": [-3, -3]}]}, 400,
+     "instances[1].sets: unknown set id(s) -3"),
+    ({"instances": [{"utterances": ["hi"], "sets": ["7"]}]}, 400, "integer set ids"),
 ])
 def test_bad_requests_get_4xx(server, payload, status, words) -> None:
     base, _ = server
     got, body = _predict(base, payload)
     assert got == status
     assert words in json.dumps(body, ensure_ascii=False)
+
+
+def test_known_sets_still_answer(server) -> None:
+    base, _ = server
+    status, body = _predict(base, {"instances": [{"utterances": ["好 的"], "k": 2}]})
+    known = body["predictions"][0]["suggestions"][0]["set_id"]
+    status, body = _predict(base, {"instances": [{"utterances": ["好 的"], "k": 2,
+                                                  "sets": [known]}]})
+    assert status == 200
+    assert {s["set_id"] for s in body["predictions"][0]["suggestions"]} == {known}
+
+
+def test_parse_instances_refuses_unknown_sets() -> None:
+    payload = {"instances": [{"utterances": ["a"], "sets": [1, 5, -2]}]}
+    with pytest.raises(BadRequest, match=r"unknown set id\(s\) 5, -2"):
+        parse_instances(payload, known_sets=frozenset({1, 2}))
+    [query] = parse_instances(payload)  # without an index to check against
+    assert query.sets == (1, 5, -2)
 
 
 def test_parse_instances_defaults() -> None:

@@ -246,3 +246,47 @@ def test_unreachable_endpoint_fails_after_bounded_retries(
     monkeypatch.setenv("SRS_S3_RETRIES", "1")
     with pytest.raises(StoreError, match="cannot reach"):
         store.read_bytes("s3://bucket/key")
+
+
+@pytest.mark.parametrize("key", ["a/../b.txt", "../b.txt", "a/./b.txt", "a/.."])
+def test_s3_keys_with_dot_segments_are_a_clear_error(s3_server: str, key: str) -> None:
+    """minio refuses '.'/'..' key segments with a bare ValueError; the store names the URI."""
+    uri = f"{s3_server}/{key}"
+    actions = {
+        "write": lambda: store.write_bytes(uri, b"x"),
+        "read": lambda: store.read_bytes(uri),
+        "stat": lambda: store.size(uri),
+        "exists": lambda: store.exists(uri),
+        "delete": lambda: store.delete(uri),
+        "list": lambda: list(store.list_objects(uri)),
+    }
+    for action, call in actions.items():
+        with pytest.raises(StoreError) as caught:
+            call()
+        message = str(caught.value)
+        assert uri in message and "'.' or '..'" in message and "\n" not in message, (
+            action, message)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket", "s3://bucket/", "s3://bucket/dir/"])
+def test_s3_object_uri_needs_a_key(s3_env: str, uri: str) -> None:
+    """An object (not a prefix) needs a key; without one no request is sent."""
+    for call in (lambda: store.write_bytes(uri, b"x"), lambda: store.read_bytes(uri),
+                 lambda: store.size(uri)):
+        with pytest.raises(StoreError, match="needs an object key") as caught:
+            call()
+        assert uri in str(caught.value)
+    with pytest.raises(StoreError, match="needs an object key"):
+        store.check_object_uri(uri)
+    store.check_object_uri("s3://bucket/dir/file.jsonl")
+
+
+def test_sentiment_output_at_a_bare_bucket_is_refused_early(s3_server: str,
+                                                            tmp_path: Path) -> None:
+    """``--out s3://bucket`` used to fail later, saying bucket ``bucket.chunks`` is missing."""
+    from srs_core.sentiment.run import run_sentiment
+
+    with pytest.raises(StoreError, match="needs an object key") as caught:
+        run_sentiment(str(tmp_path / "release_train.json"), s3_server, workers=1)
+    assert ".chunks" not in str(caught.value) and s3_server in str(caught.value)
+    assert list(store.list_objects(s3_server)) == []

@@ -18,7 +18,7 @@ from srs_core import store
 from srs_core.config import load_config
 from srs_core.data.synth import synthesize
 from srs_core.evaluate import evaluate
-from srs_core.runtime.checkpoint import load_torch
+from srs_core.runtime.checkpoint import CheckpointManager, load_torch
 from srs_core.train.loop import train
 
 pytestmark = pytest.mark.slow
@@ -123,12 +123,12 @@ def test_run_killed_mid_epoch_resumes_exactly(demo, tmp_path, nproc, workers,
                 f"train.num_workers={workers}", f"train.grad_accumulation={accumulation}")
     args = _overrides(demo, output, *settings)
     first = _launch(args, tmp_path / "first.log", nproc)
-    checkpoint = output / "checkpoints" / "latest.pt"
+    checkpoints = CheckpointManager(str(output / "checkpoints"))
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and first.poll() is None:
-        if checkpoint.exists():
-            state = load_torch(str(checkpoint))
+        if checkpoints.latest_name():
+            state = checkpoints.latest()[1]
             if 3 <= state["step"] < 12 and state["epoch"] == 0:
                 os.killpg(first.pid, signal.SIGKILL)
                 killed_at = state["step"]
@@ -155,8 +155,9 @@ def test_run_killed_mid_epoch_resumes_exactly(demo, tmp_path, nproc, workers,
     summary = json.loads((output / "train_summary.json").read_text())
     assert summary["grad_accumulation"] == accumulation and summary["augment"] == "loader"
     assert summary["global_batch"] == 4 * nproc * accumulation
-    resumed_model = load_torch(str(checkpoint))["model"]
-    reference_model = load_torch(str(tmp_path / "reference" / "checkpoints" / "latest.pt"))["model"]
+    resumed_model = checkpoints.latest()[1]["model"]
+    reference_model = CheckpointManager(str(tmp_path / "reference" / "checkpoints")).latest()[1][
+        "model"]
     assert resumed_model.keys() == reference_model.keys()
     assert all(torch.equal(resumed_model[k], reference_model[k]) for k in resumed_model)
 
@@ -221,6 +222,6 @@ def test_the_cluster_path_reads_and_writes_only_s3(demo, s3_server, tmp_path) ->
     assert metrics["dialogs"] == 16
     written = {o.relpath for o in store.list_objects(runs)}
     assert {"teacher/metrics.json", "anchors/anchors-k2.npy", "sentiment/train.jsonl",
-            "srs/best.pt", "srs/checkpoints/latest.pt", "srs/history.jsonl",
+            "srs/best.pt", "srs/checkpoints/ckpt-000000002.pt", "srs/history.jsonl",
             "evaluate/test/metrics.json", "evaluate/test/scores.jsonl"} <= written
     assert not any(".srs-tmp-" in name for name in written)  # no partial object left behind

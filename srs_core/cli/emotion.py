@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from srs_core.cli import print_json
-from srs_core.cli._common import add_config_arguments, config_from_args
+from srs_core.cli._common import NON_NEGATIVE, POSITIVE, add_config_arguments, config_from_args
+from srs_core.cli.train import add_restart_schedule_argument, run_training
 from srs_core.errors import ConfigError
 
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--init", metavar="URI", default=None,
                        help="timm-format ResNet50 weights to start from (the classifier of "
                        "another shape is skipped)")
+    add_restart_schedule_argument(train)
     add_config_arguments(train)
     train.set_defaults(func=_train)
 
@@ -34,12 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     anchors.add_argument("--ser30k", metavar="URI", help="SER30K root (default emotion.ser30k)")
     anchors.add_argument("--teacher", metavar="URI", help="teacher.pth (default emotion.teacher)")
-    anchors.add_argument("--k", type=int, default=None, help="anchors per emotion (emotion.k)")
+    anchors.add_argument("--k", type=POSITIVE, default=None, help="anchors per emotion (emotion.k)")
     anchors.add_argument("--out", required=True, metavar="URI", help="anchors .npy URI")
     anchors.add_argument("--backend", choices=("auto", "kmcuda", "cpu"), default=None,
                          help="k-means backend (default emotion.kmeans_backend)")
-    anchors.add_argument("--seed", type=int, default=None, help="default emotion.seed")
-    anchors.add_argument("--batch-size", type=int, default=256, help="feature batch size")
+    anchors.add_argument("--seed", type=NON_NEGATIVE, default=None, help="default emotion.seed")
+    anchors.add_argument("--batch-size", type=POSITIVE, default=256, help="feature batch size")
     anchors.add_argument("--features-out", metavar="URI", default="",
                          help="also save the features and labels (.npz), e.g. for bench/")
     add_config_arguments(anchors)
@@ -49,15 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from srs_core.emotion.teacher import train_teacher
 
-    cfg = config_from_args(args)
-    if args.ser30k:
-        cfg.emotion.ser30k = args.ser30k
-    if args.init is not None:
-        cfg.emotion.init = args.init
-    metrics = train_teacher(cfg, args.out, init_uri=cfg.emotion.init)
+    def run(cfg):
+        if args.ser30k:
+            cfg.emotion.ser30k = args.ser30k
+        if args.init is not None:
+            cfg.emotion.init = args.init
+        return train_teacher(cfg, args.out, init_uri=cfg.emotion.init)
+
+    metrics, code = run_training(args, run)
     if metrics:  # only rank 0 reports
         print_json({key: value for key, value in metrics.items() if key != "history"})
-    return 0
+    return code
 
 
 def _anchors(args: argparse.Namespace) -> int:

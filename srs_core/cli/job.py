@@ -15,6 +15,7 @@ import os
 import sys
 
 from srs_core.cli import print_json
+from srs_core.cli._common import NON_NEGATIVE, POSITIVE, seconds
 from srs_core.errors import ConfigError
 from srs_core.store.s3_config import SECRET_NAME
 
@@ -24,9 +25,9 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
     add("--name", help="job name (default: srs-train, or srs-train-<run id>)")
     add("--namespace", help="namespace (default: SRS_JOB_NAMESPACE or srs)")
     add("--image", help="container image with torch and this project (SRS_JOB_IMAGE)")
-    add("--workers", type=int, help="replicas in total, the Master included")
-    add("--nproc-per-node", type=int, help="processes per replica (default: GPUs, or 1)")
-    add("--gpus-per-worker", type=int, help="nvidia.com/gpu per replica")
+    add("--workers", type=POSITIVE, help="replicas in total, the Master included")
+    add("--nproc-per-node", type=POSITIVE, help="processes per replica (default: GPUs, or 1)")
+    add("--gpus-per-worker", type=NON_NEGATIVE, help="nvidia.com/gpu per replica")
     add("--cpu", help="CPU request per replica, e.g. 8")
     add("--memory", help="memory request (and limit) per replica, e.g. 64Gi")
     add("--cpu-limit", help="CPU limit (default: none)")
@@ -43,7 +44,7 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", dest="checkpoint_uri", metavar="URI",
         help="checkpoint/output URI (train.output); a restarted pod resumes from it")
     add("--run-id", help="run id label (KFP run id); also names the job")
-    add("--backoff-limit", type=int, help="pod restarts before the job fails (default 3)")
+    add("--backoff-limit", type=NON_NEGATIVE, help="pod restarts before the job fails (default 3)")
     add("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env (repeatable)")
     add("--kind", choices=("pytorchjob", "trainjob"), default="pytorchjob",
         help="pytorchjob (Training Operator v1) or trainjob (Trainer v2); default pytorchjob")
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     run = cmds.add_parser("run", help="create (or adopt) the job and wait for it")
     _spec_arguments(run)
-    run.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: "
+    run.add_argument("--timeout", type=seconds(), default=None, help="seconds to wait (default: "
                      "forever)")
     run.add_argument("--cleanup", choices=("always", "on-success", "never"),
                      default="on-success", help="delete the job at the end (default on-success)")
@@ -78,15 +79,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="replace an existing Failed job of the same name instead of adopting")
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube)")
     run.add_argument("--context", help="kubeconfig context")
-    run.add_argument("--poll-interval", type=float, default=10.0, help="seconds between polls")
-    run.add_argument("--pending-timeout", type=float, default=None,
+    run.add_argument("--poll-interval", type=seconds(), default=10.0, help="seconds between polls")
+    run.add_argument("--pending-timeout", type=seconds(), default=None,
                      help="seconds the job may wait for nodes or admission before it fails with "
                      "the cluster's reasons (default: no limit but --timeout)")
     run.set_defaults(func=_run)
 
     local = cmds.add_parser("local", help="run the training entrypoint under torchrun here")
-    local.add_argument("--nproc", type=int, default=1, help="processes (default 1)")
-    local.add_argument("--timeout", type=float, default=None, help="seconds (default forever)")
+    local.add_argument("--nproc", type=POSITIVE, default=1, help="processes (default 1)")
+    local.add_argument("--timeout", type=seconds(), default=None, help="seconds (default forever)")
     local.add_argument("train_args", nargs=argparse.REMAINDER, metavar="-- TRAIN ARGS")
     local.set_defaults(func=_local)
 

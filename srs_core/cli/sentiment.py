@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from srs_core.cli import print_json
+from srs_core.cli._common import NON_NEGATIVE, POSITIVE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="URI",
                         help="JSON Lines output, e.g. .../sentiment/train.jsonl (the summary "
                         "goes next to it as train.summary.json)")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=NON_NEGATIVE, default=0,
                         help="processes (default 0: every core; 1: no pool)")
-    parser.add_argument("--chunk-size", type=int, default=None, metavar="DIALOGS",
+    parser.add_argument("--chunk-size", type=POSITIVE, default=None, metavar="DIALOGS",
                         help="dialogs per resumable chunk (default 2000)")
     parser.add_argument("--strict", action="store_true",
                         help="fail on the first bad dialog or empty utterance instead of "

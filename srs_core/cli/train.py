@@ -3,9 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from srs_core.cli import print_json
 from srs_core.cli._common import add_config_arguments, config_from_args
+
+RESTART_SCHEDULE_HELP = (
+    "when the checkpoint to resume was written with other settings (batch size, seed, "
+    "epochs, data, model...), load its weights only and start a new schedule at step 0 with "
+    "a fresh optimizer, instead of refusing (train.on_settings_change=restart_schedule)")
+
+
+def add_restart_schedule_argument(parser: argparse.ArgumentParser) -> None:
+    """`--restart-schedule` of the training commands (applied by :func:`run_training`)."""
+    parser.add_argument("--restart-schedule", action="store_true", help=RESTART_SCHEDULE_HELP)
+
+
+def run_training(args: argparse.Namespace, run) -> tuple[object, int]:
+    """``run(cfg)`` with the config of ``args`` (``--restart-schedule`` applied): its result
+    and exit code 0, or None and 143 when SIGTERM stopped it after a checkpoint."""
+    from srs_core.runtime.trainer import PREEMPTED_EXIT_CODE, Preempted
+
+    cfg = config_from_args(args)
+    if args.restart_schedule:
+        cfg.train.on_settings_change = "restart_schedule"
+    try:
+        return run(cfg), 0
+    except Preempted as stop:
+        logging.getLogger("srs").warning("%s", stop)
+        return None, PREEMPTED_EXIT_CODE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train the SRS model. Run alone, or as `torchrun --nproc-per-node N "
         "-m srs_core.cli train ...` for DDP (gloo on CPU, NCCL on GPU).",
     )
+    add_restart_schedule_argument(train)
     add_config_arguments(train)
     train.set_defaults(func=_train)
 
@@ -32,10 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from srs_core.train.loop import train
 
-    summary = train(config_from_args(args))
-    if summary.get("rank", 0) == 0:
+    summary, code = run_training(args, train)
+    if summary is not None and summary.get("rank", 0) == 0:
         print_json(summary)
-    return 0
+    return code
 
 
 def _evaluate(args: argparse.Namespace) -> int:

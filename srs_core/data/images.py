@@ -2,7 +2,9 @@
 
 Sticker ``.npy`` files are parsed header first (:func:`read_npy`): a data file is never
 unpickled, and an array is only built when the file holds all the bytes its header claims.
-Images whose header claims more than :data:`MAX_IMAGE_PIXELS` pixels are not decoded.
+Images whose header claims more than :data:`MAX_IMAGE_PIXELS` pixels, and stickers or images
+with a side over :data:`srs_core.data.limits.MAX_IMAGE_SIDE` (``image_too_large``), are not
+decoded.
 Transparent pixels (``H×W×4`` arrays, RGBA/LA/P images) are composited over white, because a
 transparent sticker's hidden RGB values are arbitrary (often black) and people see it on a
 light chat background.
@@ -16,6 +18,7 @@ import re
 
 import numpy as np
 
+from srs_core.data import limits
 from srs_core.data.report import DataProblem
 
 GRAY = 127  # value of the padding image that stands in for a missing candidate
@@ -29,6 +32,14 @@ _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 def _message(exc: BaseException) -> str:
     return _OBJECT_REPR.sub("(a Python object)", str(exc)) or type(exc).__name__
+
+
+def _check_side(sides: tuple[int, ...], where: str) -> None:
+    """``image_too_large`` when a sticker array's height or width is over the limit."""
+    if sides and max(sides) > limits.MAX_IMAGE_SIDE:
+        size = "x".join(map(str, sides))
+        raise DataProblem("image_too_large", where, f"{size} (HxW) pixels: a side may be at "
+                          f"most {limits.MAX_IMAGE_SIDE} (limits.MAX_IMAGE_SIDE)")
 
 
 def gray_image(height: int, width: int) -> np.ndarray:
@@ -129,6 +140,7 @@ def read_npy(data: bytes, where: str) -> np.ndarray:
     if present < expected:
         raise DataProblem("npy_corrupt", where, f"truncated: the header says {dtype} {shape}, "
                           f"{expected} bytes of data, but the file has {present}")
+    _check_side(shape[:2], where)  # before the array is viewed, converted or resized
     array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
     return array.reshape(shape, order="F" if fortran else "C")
 
@@ -150,6 +162,10 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataProblem("image_corrupt", where, f"{width}x{height} pixels is more than "
                                   f"the {MAX_IMAGE_PIXELS} an image may have")
+            if max(width, height) > limits.MAX_IMAGE_SIDE:
+                raise DataProblem("image_too_large", where, f"{width}x{height} pixels: a side "
+                                  f"may be at most {limits.MAX_IMAGE_SIDE} "
+                                  "(limits.MAX_IMAGE_SIDE)")
             image.load()
             has_alpha = image.mode in ("RGBA", "LA", "PA") or (
                 image.mode == "P" and "transparency" in image.info

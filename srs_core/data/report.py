@@ -25,6 +25,10 @@ WARNINGS = frozenset({"small_set", "blank_line", "duplicate_sticker"})
 
 _HINTS = {
     "bad_json": "fix or drop the line; every line must be one JSON object",
+    "line_too_long": "a dialog line is a few KB; a line over srs_core.data.limits.MAX_LINE_BYTES "
+                     "is not parsed: fix or drop it",
+    "image_too_large": "stickers are at most ~1000 px a side: downscale an image over "
+                       "srs_core.data.limits.MAX_IMAGE_SIDE",
     "not_utf8": "re-encode the file as UTF-8",
     "empty_input": "the file yields no usable record: check that it is the right, complete file",
     "unreadable_file": "a directory, a broken symlink or a file without read permission stands "

@@ -199,6 +199,15 @@ def _decode_sets(root: str, orders: dict[int, list[int]], offsets: dict[int, int
                 del orders[set_id], offsets[set_id]
 
 
+def _reserved_images(path: Path, rows: int, image_size: int) -> np.memmap:
+    """A ``[rows, S, S, 3]`` uint8 memory map at ``path`` whose disk blocks are reserved now: a
+    page of a memory map written on a full disk faults (SIGBUS) instead of failing cleanly."""
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                       shape=(rows, image_size, image_size, 3))
+    store.reserve(path)
+    return images
+
+
 def build_sticker_cache(
     stickerchat_root: str,
     set_ids: Iterable[int],
@@ -235,8 +244,7 @@ def build_sticker_cache(
     row += len(extras)
     with tempfile.TemporaryDirectory(dir=store.cache_root()) as tmp:
         local = Path(tmp) / "stickers.npy"
-        images = np.lib.format.open_memmap(local, mode="w+", dtype=np.uint8,
-                                           shape=(row, image_size, image_size, 3))
+        images = _reserved_images(local, row, image_size)
         images[PAD_ROW] = GRAY
         for (*_, extra_row), (*_, image) in zip(extras, extra_images, strict=True):
             images[extra_row] = resize_square(image, image_size)

@@ -6,7 +6,9 @@ Layout under a root URI (a local directory or ``s3://bucket/prefix``)::
     npy_stickers/<set_id>/emoji_mapping.txt     "<sticker_id>\\t<emoji>" per line, set order
     npy_stickers/<set_id>/<sticker_id>.npy      one image per sticker
 
-Dialogs are streamed line by line, so memory stays bounded for the 320k-line training file.
+Dialogs are streamed line by line, so memory stays bounded for the 320k-line training file,
+and a line longer than :data:`srs_core.data.limits.MAX_LINE_BYTES` is skipped unread
+(``line_too_long``).
 IDs are 64-bit integers: the json module parses integers exactly, and a float, bool or
 non-numeric string where an id belongs is a ``bad_id`` problem (a float has already lost
 precision). Integer ids written as decimal strings are accepted.
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from srs_core import store
-from srs_core.data import files
+from srs_core.data import files, limits
 from srs_core.data.report import DataProblem, Report
 from srs_core.errors import DataError, StoreNotFound
 
@@ -151,17 +153,43 @@ def _parse_dialog(record: Any, line: int) -> Dialog:
     )
 
 
-def _iter_lines(handle: IO[bytes]) -> Iterator[bytes]:
-    """Split a byte stream on newlines, reading fixed-size chunks (works for S3 bodies too)."""
+@dataclass(frozen=True, slots=True)
+class _LongLine:
+    """A line over :data:`limits.MAX_LINE_BYTES`: its size and first bytes, never its bytes."""
+
+    size: int
+    head: bytes
+
+
+def _iter_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | _LongLine]:
+    """Split a byte stream on newlines, reading fixed-size chunks (works for S3 bodies too).
+
+    A line longer than ``limit`` bytes comes as a :class:`_LongLine`: once the part of it
+    read so far passes the limit, the rest is counted and dropped up to its newline, so
+    memory stays within ``limit`` plus two chunks whatever the line's length.
+    """
     pending = b""
+    long_size, long_head = -1, b""  # >= 0: inside a long line, this many bytes of it dropped
     while True:
         block = handle.read(_CHUNK)
         if not block:
             break
+        if long_size >= 0:
+            end = block.find(b"\n")
+            if end < 0:
+                long_size += len(block)
+                continue
+            yield _LongLine(long_size + end, long_head)
+            long_size, block = -1, block[end + 1:]
         lines = (pending + block).split(b"\n")
         pending = lines.pop()
-        yield from lines
-    if pending:
+        for line in lines:
+            yield line if len(line) <= limit else _LongLine(len(line), line[:64])
+        if len(pending) > limit:
+            long_size, long_head, pending = len(pending), pending[:64], b""
+    if long_size >= 0:
+        yield _LongLine(long_size, long_head)
+    elif pending:
         yield pending
 
 
@@ -218,9 +246,13 @@ class _Utf8Check:
         return True
 
 
-def _dialog_of(raw: bytes, number: int, where: str, line_offset: int, check: _Utf8Check,
-               report: Report) -> Dialog | None:
+def _dialog_of(raw: bytes | _LongLine, number: int, where: str, line_offset: int,
+               check: _Utf8Check, report: Report) -> Dialog | None:
     """The dialog on one line, or None with the problem counted in ``report``."""
+    if isinstance(raw, _LongLine):  # not parsed: a dialog line is a few KB (see limits)
+        report.add("line_too_long", where, f"{raw.size} bytes; a line may have at most "
+                   f"{limits.MAX_LINE_BYTES} (limits.MAX_LINE_BYTES)")
+        return None
     raw = raw.rstrip(b"\r")
     if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark is not data
@@ -243,6 +275,19 @@ def _dialog_of(raw: bytes, number: int, where: str, line_offset: int, check: _Ut
     except _Bad as bad:
         report.add(bad.problem, where, bad.detail)
         return None
+
+
+def _foreign_encoding(uri: str, head: bytes, rest: Iterator[Any], report: Report) -> bool:
+    """True, reported as one ``not_utf8`` problem of the file, when its first bytes say
+    UTF-16/32: no line of it can be read (``rest``: the lines after the first, counted)."""
+    guess = files.describe_encoding(head)
+    if not guess:
+        return False
+    lines = 1 + sum(1 for _ in rest)
+    detail = f"{guess}; {lines} line(s) skipped"
+    log.warning("%s: %s", uri, detail)
+    report.add("not_utf8", uri, detail, skipped=lines)
+    return True
 
 
 def iter_dialogs(
@@ -277,18 +322,15 @@ def iter_dialogs(
                 report.add_error(problem, skipped=False)
                 return
             check, offset, head = _Utf8Check(uri, report), 0, b""
-            numbered = enumerate(_iter_lines(handle), start=1)
+            numbered = enumerate(_iter_lines(handle, limits.MAX_LINE_BYTES), start=1)
             for number, raw in numbered:
-                lines, line_offset, offset = number, offset, offset + len(raw) + 1
+                long = raw if isinstance(raw, _LongLine) else None
+                size = long.size if long else len(raw)
+                lines, line_offset, offset = number, offset, offset + size + 1
                 where = f"{uri}:{number}"
                 if number == 1:
-                    head = raw[:64]
-                    guess = files.describe_encoding(head)
-                    if guess:  # UTF-16/32: no line of it can be read
-                        lines += sum(1 for _ in numbered)
-                        detail = f"{guess}; {lines} line(s) skipped"
-                        log.warning("%s: %s", uri, detail)
-                        report.add("not_utf8", uri, detail, skipped=lines)
+                    head = long.head if long else raw[:64]
+                    if _foreign_encoding(uri, head, numbered, report):
                         return
                 dialog = _dialog_of(raw, number, where, line_offset, check, report)
                 if dialog is None:

@@ -17,6 +17,11 @@ file, and validation goes on.
 Validation always reads everything, so a report lists all problems; ``strict`` only decides
 the exit code (non-zero on any error). With no usable dialog or image the code is non-zero
 either way.
+
+Given a run's configuration, :meth:`ValidationResult.check_run` also judges its data-dependent
+settings against these counts (anchors per class against the SER30K classes, the batch against
+the usable training dialogs, the splits later steps need): ``parameters`` lists each misfit,
+and the exit code is then 2 (a configuration error) when the data itself is usable.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class ValidationResult:
     stickerchat: dict[str, Any] | None = None
     ser30k: dict[str, Any] | None = None
     reasons: list[str] = field(default_factory=list)
+    parameters: list[str] = field(default_factory=list)  # run settings that misfit the data
 
     @property
     def usable(self) -> bool:
@@ -65,8 +71,22 @@ class ValidationResult:
         return not self.reasons
 
     def exit_code(self, strict: bool) -> int:
-        """1 when nothing usable remains, or in strict mode on any error; else 0."""
-        return 1 if not self.usable or (strict and self.report.errors) else 0
+        """1 when nothing usable remains, or in strict mode on any error; else 2 when a run
+        setting misfits the data (:meth:`check_run`); else 0."""
+        if not self.usable or (strict and self.report.errors):
+            return 1
+        return 2 if self.parameters else 0
+
+    def check_run(self, cfg: Any, processes: int = 1, eval_split: str | None = None,
+                  names: dict[str, str] | None = None) -> list[str]:
+        """Judge a run's data-dependent settings against the counts (see
+        :func:`srs_core.data.fit.check_data_parameters`); returns and keeps the misfits."""
+        from srs_core.data.fit import check_data_parameters
+
+        self.parameters = check_data_parameters(
+            cfg, self.stickerchat, self.ser30k, processes=processes, eval_split=eval_split,
+            names=names)
+        return self.parameters
 
     def as_dict(self, strict: bool = False) -> dict[str, Any]:
         """JSON-ready summary and report."""
@@ -74,6 +94,7 @@ class ValidationResult:
             "ok": self.exit_code(strict) == 0,
             "strict": strict,
             "unusable": self.reasons,
+            "parameters": self.parameters,
             "stickerchat": self.stickerchat,
             "ser30k": self.ser30k,
             "report": self.report.as_dict(),
@@ -99,6 +120,7 @@ class ValidationResult:
                              f"usable; labels {counts['labels']}")
         lines.append(self.report.render())
         lines.extend(f"NOT USABLE: {reason}" for reason in self.reasons)
+        lines.extend(f"PARAMETER: {problem}" for problem in self.parameters)
         lines.append("result: " + ("OK" if self.exit_code(strict) == 0 else "FAILED")
                      + (" (strict)" if strict else ""))
         return "\n".join(lines)

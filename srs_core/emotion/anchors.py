@@ -252,6 +252,46 @@ def anchor_uris(out_uri: str) -> tuple[str, str]:
 MAX_K = 4096  # anchors per class: 7 x 4096 x 2048 float32 = 235 MB
 
 
+def load_anchors(uri: str, mmap: bool = False) -> np.ndarray:
+    """The ``[7*K, D]`` anchors ``.npy`` at ``uri`` (memory-mapped with ``mmap``).
+
+    A truncated or corrupt file, another kind of file (a torch checkpoint, pickled objects) or
+    an array of another shape is one line naming ``uri``: a DataError for a damaged file, a
+    ConfigError for the wrong one.
+    """
+    hint = "give the anchors .npy written by `srs emotion anchors` (emotion.anchors)"
+    path = store.fetch(uri)
+    try:
+        anchors = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a file-system error names the path itself
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+        if magic and magic != b"\x93NUMPY":
+            raise ConfigError(f"{uri}: not an anchors .npy array (no NumPy header: another kind "
+                              f"of file, e.g. a checkpoint); {hint}") from None
+        raise DataError(f"{uri}: anchors .npy is truncated or corrupt ({reason}); re-create it "
+                        "with `srs emotion anchors`") from None
+    if not isinstance(anchors, np.ndarray) or anchors.ndim != 2 or not len(anchors) \
+            or anchors.shape[0] % len(EMOTIONS):
+        shape = list(getattr(anchors, "shape", []))
+        raise ConfigError(f"{uri}: anchors must be [7*K, D], got shape {shape}; {hint}")
+    return anchors
+
+
+def _check_request(teacher_uri: str, k: int, out_uri: str) -> None:
+    """Refuse, before any work, what `build_anchors` could not finish."""
+    if not teacher_uri:
+        raise ConfigError("no teacher weights given: pass --teacher URI (teacher.pth from "
+                          "`srs emotion train`) or set emotion.teacher")
+    if not 1 <= k <= MAX_K:  # 7 * K rows of 2048 floats: refuse before any allocation
+        raise ConfigError(f"k={k} anchors per class is outside 1..{MAX_K} (the paper uses 60)")
+    if store.local_path(out_uri) is None:  # `s3://bucket` alone names no object to write
+        store.check_object_uri(out_uri)
+
+
 def build_anchors(
     ser30k_uri: str,
     teacher_uri: str,
@@ -273,11 +313,7 @@ def build_anchors(
     from srs_core.emotion.teacher import load_teacher
     from srs_core.runtime.device import select_device
 
-    if not teacher_uri:
-        raise ConfigError("no teacher weights given: pass --teacher URI (teacher.pth from "
-                          "`srs emotion train`) or set emotion.teacher")
-    if not 1 <= k <= MAX_K:  # 7 * K rows of 2048 floats: refuse before any allocation
-        raise ConfigError(f"k={k} anchors per class is outside 1..{MAX_K} (the paper uses 60)")
+    _check_request(teacher_uri, k, out_uri)
     started = time.time()
     chosen = get_backend(backend)  # fail before the feature pass, not after it
     report = Report()

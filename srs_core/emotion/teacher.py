@@ -7,7 +7,7 @@ from the latest checkpoint when run again with the same output. Outputs under ``
                             the classifier: ``timm.create_model("resnet50", num_classes=0)``
                             loads them strictly and gives pooled 2048-d features
     metrics.json            accuracy, macro-F1, per-class accuracy, confusion matrix (val, test)
-    checkpoints/latest.pt   resume state after the last finished epoch
+    checkpoints/ckpt-<epoch>.pt  resume state after each epoch, recording ``SETTINGS``
     checkpoints/best.pt     the best epoch's full model (classifier included)
 
 Pretrained weights are never downloaded: start from ``--init URI`` (timm-format ResNet50
@@ -41,7 +41,7 @@ from srs_core.emotion.images import (
 from srs_core.emotion.metrics import NUM_CLASSES, classification_metrics, predict
 from srs_core.errors import ConfigError, DataError
 from srs_core.model import param_groups
-from srs_core.runtime.checkpoint import CheckpointManager, load_torch, save_torch
+from srs_core.runtime.checkpoint import load_torch, save_torch
 from srs_core.runtime.device import memory_format_for
 from srs_core.runtime.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from srs_core.runtime.precision import autocast_context, fp32_island
@@ -50,6 +50,7 @@ from srs_core.runtime.trainer import (
     TrainState,
     build_optimizer,
     keep_best,
+    open_checkpoints,
     resume,
     run_lock,
     save_checkpoint,
@@ -62,6 +63,7 @@ ARCHITECTURE = "resnet50"
 FEATURE_DIM = 2048
 WARMUP_FRACTION = 0.05  # of all optimizer steps
 MIN_LR_RATIO = 0.01
+SETTINGS = ("ser30k", "image_size", "epochs", "batch_size", "lr", "weight_decay", "seed")
 
 
 def create_teacher_model(num_classes: int = NUM_CLASSES) -> torch.nn.Module:
@@ -202,7 +204,7 @@ def _loader(dataset, cfg: Config, device, sampler=None, shuffle_drop: bool = Fal
 
 @dataclass
 class TeacherState(TrainState):
-    """Where a teacher run stands; these are the keys of its ``latest.pt`` besides the model,
+    """Where a teacher run stands; these are the keys of its checkpoints besides the model,
     optimizer and scheduler."""
 
     epoch: int = 0  # epochs done
@@ -298,9 +300,10 @@ def _train_teacher(cfg: Config, outputs: TeacherOutputs, init_uri: str, dist: Di
     scheduler = cosine_with_warmup(optimizer, round(WARMUP_FRACTION * total_steps), total_steps,
                                    MIN_LR_RATIO)
 
-    checkpoints = CheckpointManager(outputs.checkpoints)
-    best_uri = checkpoints.uri("best.pt")  # the best epoch's whole model, classifier included
-    state = TeacherState()
+    settings = {f"emotion.{k}": getattr(e, k) for k in SETTINGS}
+    checkpoints = open_checkpoints(dist, outputs.checkpoints, {**settings, "train_images": len(
+        items["train"])}, cfg.train.keep_checkpoints, cfg.train.on_settings_change)
+    state, best_uri = TeacherState(), checkpoints.manager.uri("best.pt")  # with the classifier
     if resume(checkpoints, state, model=model, optimizer=optimizer, scheduler=scheduler):
         log.info("teacher: resuming after epoch %d of %d", state.epoch, e.epochs)
 
@@ -323,7 +326,7 @@ def _train_teacher(cfg: Config, outputs: TeacherOutputs, init_uri: str, dist: Di
         if val is not None:  # rank 0
             record["val_accuracy"] = val["accuracy"]
             state.history.append(record)
-            save_checkpoint(checkpoints, state, model=model, optimizer=optimizer,
+            save_checkpoint(checkpoints, state, state.epoch, model=model, optimizer=optimizer,
                             scheduler=scheduler)
             _log_epoch(record, e.epochs)
         barrier()

@@ -33,11 +33,17 @@ class LocalResult:
     stdout: str
 
 
+# A cancelled run's SIGTERM lets training finish its step and checkpoint (srs_core.train.loop);
+# below the default grace of a cancelled local pipeline (pipelines.runner, 30 s).
+LOCAL_GRACE_SECONDS = 25.0
+
+
 class LocalTorchrun:
     """One ``torchrun --standalone`` process group; its output goes to our log."""
 
     def __init__(self, train_args: list[str], nproc: int, env: dict[str, str] | None = None,
-                 module: str = "srs_core.cli", grace_seconds: float = 10.0, tail_lines: int = 200):
+                 module: str = "srs_core.cli", grace_seconds: float = LOCAL_GRACE_SECONDS,
+                 tail_lines: int = 200):
         if nproc < 1:
             raise JobError(f"local run: nproc={nproc} must be at least 1")
         self.train_args, self.nproc, self.module = list(train_args), nproc, module
@@ -169,7 +175,7 @@ def _failed_ranks(report: list[str]) -> list[str]:
 
 def run_local(train_args: list[str], nproc: int, env: dict[str, str] | None = None,
               timeout: float | None = None, module: str = "srs_core.cli",
-              grace_seconds: float = 10.0) -> LocalResult:
+              grace_seconds: float = LOCAL_GRACE_SECONDS) -> LocalResult:
     """Run ``torchrun --standalone --nproc-per-node N -m module train_args`` and wait.
 
     Output streams into our log; SIGTERM (a cancelled pipeline step) stops the process group.

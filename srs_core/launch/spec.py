@@ -41,6 +41,16 @@ WRITABLE_ENV = {
     "MPLCONFIGDIR": f"{HOME_DIR}/.config/matplotlib",  # whatever HOME an image sets
 }
 
+# On SIGTERM (a preempted node, a deleted pod) every rank finishes its step and writes a
+# checkpoint before it exits (srs_core.train.loop). The paper model's checkpoint (weights and
+# AdamW state, 2.44 GB, 203 M parameters) takes about 25 s to write and upload at 100 MB/s; a
+# step takes seconds. The grace period leaves several times that before the kubelet's SIGKILL,
+# and torchrun waits for its workers that long minus a margin for its own exit (it would
+# SIGKILL them after 30 s by default).
+TERMINATION_GRACE_SECONDS = 300
+_TORCHRUN_MARGIN_SECONDS = 15
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # torchrun's wait for its workers
+
 # Pod and Service names are "<job>-worker-<i>"; Services must be DNS-1035 labels of <= 63 chars.
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
@@ -73,6 +83,8 @@ class JobSpec:
     checkpoint_uri: str | None = None  # passed as train.output=URI: restarts resume from it
     run_id: str | None = None
     backoff_limit: int = 3  # pod restarts (each resumes from the last checkpoint) before Failed
+    # seconds from SIGTERM to SIGKILL: time to finish the step and write a checkpoint
+    termination_grace_seconds: int = TERMINATION_GRACE_SECONDS
     ttl_seconds_after_finished: int | None = 7 * 24 * 3600
     active_deadline_seconds: int | None = None
     image_pull_policy: str = "IfNotPresent"
@@ -102,6 +114,10 @@ class JobSpec:
         for key in ("workers", "backoff_limit"):
             if getattr(self, key) < (1 if key == "workers" else 0):
                 raise ConfigError(f"{where}: {key}={getattr(self, key)} is out of range")
+        if self.termination_grace_seconds <= _TORCHRUN_MARGIN_SECONDS:
+            raise ConfigError(f"{where}: termination_grace_seconds="
+                              f"{self.termination_grace_seconds} leaves no time for a "
+                              f"checkpoint; give more than {_TORCHRUN_MARGIN_SECONDS}")
         if self.gpus_per_worker < 0 or self.processes_per_worker < 1:
             raise ConfigError(f"{where}: gpus_per_worker and nproc_per_node must be positive")
         if self.gpus_per_worker and self.processes_per_worker > self.gpus_per_worker:
@@ -209,13 +225,19 @@ def train_args(spec: JobSpec) -> list[str]:
     return args
 
 
+def shutdown_timeout(spec: JobSpec) -> int:
+    """Seconds torchrun waits for its SIGTERM'd workers to checkpoint before it kills them."""
+    return spec.termination_grace_seconds - _TORCHRUN_MARGIN_SECONDS
+
+
 def environment(spec: JobSpec) -> list[Any]:
     """The container env as ``V1EnvVar`` models: NCCL, writable paths, run id, Secret refs."""
     from kubernetes import client as k8s
 
     env = [k8s.V1EnvVar(name="NCCL_DEBUG", value=spec.nccl_debug),
            k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
-           k8s.V1EnvVar(name="SRS_JOB_NAME", value=spec.name)]
+           k8s.V1EnvVar(name="SRS_JOB_NAME", value=spec.name),
+           k8s.V1EnvVar(name=SHUTDOWN_TIMEOUT_ENV, value=str(shutdown_timeout(spec)))]
     env += [k8s.V1EnvVar(name=key, value=value) for key, value in WRITABLE_ENV.items()]
     if spec.nccl_socket_ifname:
         env.append(k8s.V1EnvVar(name="NCCL_SOCKET_IFNAME", value=spec.nccl_socket_ifname))
@@ -315,6 +337,7 @@ def pod_template(spec: JobSpec, labels: dict[str, str], container_name: str,
         tolerations=[k8s.V1Toleration(**t) for t in spec.tolerations] or None,
         service_account_name=spec.service_account,
         automount_service_account_token=False,  # training never talks to the API server
+        termination_grace_period_seconds=spec.termination_grace_seconds,
         security_context=k8s.V1PodSecurityContext(
             run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000,
             seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),

@@ -50,7 +50,8 @@ RUNTIME_NAME = "srs-torch"
 
 
 def _pod_patch(spec: JobSpec) -> dict[str, Any]:
-    """What a run changes in the runtime's pod: labels, placement, account, /dev/shm size."""
+    """What a run changes in the runtime's pod: labels, placement, account, /dev/shm size,
+    the grace period after SIGTERM."""
     pod: dict[str, Any] = {
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
                                                   "sizeLimit": spec.shm_size}}]}
@@ -60,6 +61,7 @@ def _pod_patch(spec: JobSpec) -> dict[str, Any]:
         pod["tolerations"] = [dict(t) for t in spec.tolerations]
     if spec.service_account:
         pod["serviceAccountName"] = spec.service_account
+    pod["terminationGracePeriodSeconds"] = spec.termination_grace_seconds
     return {"metadata": {"labels": job_labels(spec)}, "spec": pod}
 
 

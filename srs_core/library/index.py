@@ -61,8 +61,48 @@ def _save_npy(uri: str, array: np.ndarray) -> None:
     store.write_bytes(uri, buffer.getvalue())
 
 
-def _load_npy(uri: str) -> np.ndarray:
-    return np.load(store.fetch(uri), allow_pickle=False)
+_REBUILD = "rebuild it with `srs index build`"
+
+
+def _load_npy(uri: str, ndim: int | None = None) -> np.ndarray:
+    """An index array; a truncated, corrupt or misshapen file is a DataError naming it."""
+    try:
+        array = np.load(store.fetch(uri), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:  # cut short, not .npy, pickled objects
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a store or file-system error: it names the file itself
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{uri}: not a readable .npy array, truncated or corrupt ({reason}); "
+                        f"{_REBUILD}") from None
+    if not isinstance(array, np.ndarray) or (ndim is not None and array.ndim != ndim):
+        shape = list(getattr(array, "shape", []))
+        raise DataError(f"{uri}: expected a {ndim}-d array, got shape {shape}; {_REBUILD}")
+    return array
+
+
+def _load_json_object(uri: str, keys: Sequence[str] = ()) -> dict[str, Any]:
+    """An index metadata file: a JSON object with ``keys``; else a DataError naming it."""
+    try:
+        value = json.loads(store.read_text(uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{uri}: not valid JSON ({exc}); {_REBUILD}") from None
+    except RecursionError:
+        raise DataError(f"{uri}: JSON nested too deeply; {_REBUILD}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{uri}: expected a JSON object, got {type(value).__name__}; "
+                        f"{_REBUILD}")
+    missing = [key for key in keys if key not in value]
+    if missing:
+        raise DataError(f"{uri}: missing key(s) {', '.join(missing)}; {_REBUILD}")
+    return value
+
+
+def _int_ids(uri: str, ids: dict[str, Any], key: str) -> np.ndarray:
+    values = ids[key]
+    if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise DataError(f"{uri}: {key} must be a list of integers; {_REBUILD}")
+    return np.asarray(values, np.int64)
 
 
 def _emotion_distribution(logits: torch.Tensor) -> torch.Tensor:
@@ -209,19 +249,28 @@ class StickerIndex:
         if not store.exists(meta_uri):
             raise DataError(f"{uri}: no sticker index here (index.json missing); run "
                             "`srs index build` first")
-        meta = json.loads(store.read_text(meta_uri))
+        meta = _load_json_object(meta_uri)
         if meta.get("version") != INDEX_VERSION:
             raise DataError(f"{uri}: index version {meta.get('version')}, expected "
                             f"{INDEX_VERSION}; rebuild it with `srs index build`")
-        ids = json.loads(store.read_text(store.join(uri, "ids.json")))
+        ids_uri = store.join(uri, "ids.json")
+        ids = _load_json_object(ids_uri, ("set_ids", "sticker_ids", "rows"))
+        embeddings_uri = store.join(uri, "embeddings.npy")
         index = cls(
-            np.ascontiguousarray(_load_npy(store.join(uri, "embeddings.npy")), np.float32),
-            _load_npy(store.join(uri, "emotions.npy")),
-            np.asarray(ids["set_ids"], np.int64), np.asarray(ids["sticker_ids"], np.int64),
-            np.asarray(ids["rows"], np.int64), meta,
+            np.ascontiguousarray(_load_npy(embeddings_uri, ndim=2), np.float32),
+            _load_npy(store.join(uri, "emotions.npy"), ndim=2),
+            _int_ids(ids_uri, ids, "set_ids"), _int_ids(ids_uri, ids, "sticker_ids"),
+            _int_ids(ids_uri, ids, "rows"), meta,
         )
-        if not len(index.embeddings) == len(index.rows) == len(index.emotions):
-            raise DataError(f"{uri}: embeddings, emotions and ids disagree in length; rebuild")
+        if index.emotions.shape[1] != len(EMOTIONS):
+            raise DataError(f"{uri}/emotions.npy: expected {len(EMOTIONS)} columns, got shape "
+                            f"{list(index.emotions.shape)}; {_REBUILD}")
+        lengths = {"embeddings.npy": len(index.embeddings), "emotions.npy": len(index.emotions),
+                   "ids.json set_ids": len(index.set_ids),
+                   "ids.json sticker_ids": len(index.sticker_ids), "ids.json rows": len(index.rows)}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"{uri}: embeddings, emotions and ids disagree in length "
+                            f"({', '.join(f'{k} {v}' for k, v in lengths.items())}); {_REBUILD}")
         return index
 
     def position(self, set_id: int, sticker_id: int) -> int | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from srs_core.data import limits
 from srs_core.data.examples import clean_texts
 from srs_core.data.ser30k import EMOTIONS
 from srs_core.data.sticker_cache import StickerCache
@@ -20,6 +22,8 @@ from srs_core.errors import ConfigError
 from srs_core.inference import LoadedModel, load_model
 from srs_core.library.index import Searcher, StickerIndex, autocast, pixels
 from srs_core.model.scoring import image_memory, match_scores
+
+log = logging.getLogger(__name__)
 
 
 class ImageTokens:
@@ -116,6 +120,17 @@ class Query:
     sets: tuple[int, ...] = ()
     per_set: int = 0
 
+    def __post_init__(self) -> None:
+        # The CLI and the server check these first with their own wording; a library caller
+        # gets the same rules instead of a silently widened or empty answer.
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.n < self.k:
+            raise ConfigError(f"n {self.n} is smaller than k {self.k}: rerank at least as "
+                              "many candidates as stickers returned")
+        if self.per_set < 0:
+            raise ConfigError(f"per_set must be >= 0 (0: no limit), got {self.per_set}")
+
 
 class Suggester:
     """Two-stage suggestion over a library index: ITA top-N, ITM rerank, top-k."""
@@ -132,6 +147,7 @@ class Suggester:
         self.loaded, self.index = loaded, index
         self.cache = cache if cache is not None else load_sticker_cache(index.meta["sticker_cache"])
         self.searcher = Searcher(index.embeddings, kind)
+        self.known_sets = frozenset(np.unique(index.set_ids).tolist())
         self.images = ImageTokens(loaded.model, self.cache, loaded.device, capacity=token_cache)
 
     @classmethod
@@ -151,6 +167,10 @@ class Suggester:
         tokens = tokens.float()
         feature = F.normalize(self.loaded.model.text_proj(tokens[:, 0]), dim=-1)
         return tokens, mask, feature.cpu().numpy()
+
+    def unknown_sets(self, sets: Iterable[int]) -> list[int]:
+        """The ids of ``sets`` that no sticker of the index belongs to, in the order given."""
+        return [s for s in dict.fromkeys(sets) if s not in self.known_sets]
 
     def retrieve(self, features: np.ndarray, n: int, sets: Sequence[int] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +202,17 @@ class Suggester:
                      ) -> list[dict[str, Any]]:
         """:meth:`suggest` for queries with their own options, scored as one batch (the
         server batches concurrent requests through this)."""
-        contexts = [clean_texts(q.utterances) for q in queries]
+        for q in queries:
+            unknown = self.unknown_sets(q.sets)
+            if unknown:
+                raise ConfigError(f"unknown set id(s) {', '.join(map(str, unknown))}: no "
+                                  "sticker of the index belongs to them")
+        # Cut to the documented limits before tokenisation (a 1 MB utterance took 44 s).
+        bounded = [limits.bound_context(clean_texts(q.utterances)) for q in queries]
+        contexts = [b.utterances for b in bounded]
+        for i, text in enumerate(c.warning() for c in bounded):
+            if text:
+                log.warning("context %d: %s", i + 1, text)
         tokens, mask, features = self.encode(contexts)
         found: list[list[int]] = [[] for _ in queries]
         ita: list[list[float]] = [[] for _ in queries]
@@ -213,12 +243,15 @@ class Suggester:
                 picked.append(j)
                 if len(picked) == query.k:
                     break
-            results.append({
+            result = {
                 "polarity": polarity(context) if explain else None,
                 "suggestions": [self._describe(rank, found[b][j], float(itm[b][j]),
                                                float(ita[b][j]))
                                 for rank, j in enumerate(picked, start=1)],
-            })
+            }
+            if bounded[b].warning():  # only when something was cut: the answer says so
+                result["warnings"] = bounded[b].warning().split("; ")
+            results.append(result)
         return results
 
     def _describe(self, rank: int, position: int, itm: float, ita: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from srs_core.config import ModelConfig
+from srs_core.errors import ConfigError
 from srs_core.model.factory import build_model
 from srs_core.model.selector import SrsModel
 from srs_core.model.tokenizer import ContextTokenizer
@@ -55,11 +56,21 @@ class BestCheckpoint:
 
     @classmethod
     def load(cls, uri: str) -> BestCheckpoint:
-        """Read a ``best.pt`` (the optional keys of older ones get their defaults)."""
+        """Read a ``best.pt`` (the optional keys of older ones get their defaults).
+
+        Anything else (an emotion teacher's ``teacher.pth``, a training ``latest.pt``, a
+        ``best.pt`` with a missing or unknown key) is a :class:`ConfigError` naming ``uri``.
+        """
         state: dict[str, Any] = load_torch(uri)
+        _check_best(uri, state)
+        try:
+            model_config = ModelConfig(**state["model_config"])
+        except TypeError as exc:  # a key this version does not know
+            raise ConfigError(f"{uri}: model_config of this best.pt does not fit this version "
+                              f"of srs ({exc}); re-create it with `srs train`") from None
         return cls(
-            model=state["model"], model_config=ModelConfig(**state["model_config"]),
-            vocab=state["vocab"], num_anchor_logits=state["num_anchor_logits"],
+            model=state["model"], model_config=model_config,
+            vocab=state["vocab"], num_anchor_logits=int(state["num_anchor_logits"]),
             lowercase=bool(state.get("lowercase", True)), step=state.get("step", 0),
             epoch=state.get("epoch", 0), selected_on=state.get("selected_on", ""),
             val=state.get("val", {}), sticker_cache=state.get("sticker_cache", ""),
@@ -74,3 +85,36 @@ class BestCheckpoint:
         model = build_model(self.model_config, self.num_anchor_logits, vocab_size)
         model.load_state_dict(self.model)
         return model
+
+
+_REQUIRED = {"model": dict, "model_config": dict, "vocab": str, "num_anchor_logits": int}
+_HINT = "give the best.pt written by `srs train` (<train.output>/best.pt)"
+
+
+def _check_best(uri: str, state: Any) -> None:
+    """ConfigError naming ``uri`` and what it holds instead, unless it looks like a best.pt."""
+    if not isinstance(state, dict):
+        raise ConfigError(f"{uri}: not a selector checkpoint (best.pt): it holds a "
+                          f"{type(state).__name__}, not a dict of its keys; {_HINT}")
+    if state and all(torch.is_tensor(value) for value in state.values()):
+        names = sorted(state)
+        kind = ("an emotion teacher (teacher.pth from `srs emotion train`) or another bare "
+                "ResNet state dict" if any(k.startswith(("conv1.", "layer1.")) for k in names)
+                else "a bare state dict")
+        raise ConfigError(f"{uri}: not a selector checkpoint (best.pt): it holds {len(names)} "
+                          f"bare tensors (e.g. {', '.join(names[:3])}), {kind}; {_HINT}")
+    if "model" in state and "optimizer" in state and "model_config" not in state:
+        raise ConfigError(f"{uri}: not a selector checkpoint (best.pt): it is a training "
+                          f"checkpoint (model and optimizer state, no model config); {_HINT}")
+    missing = [key for key in _REQUIRED if key not in state]
+    wrong = [f"{key} ({type(state[key]).__name__}, expected {kind.__name__})"
+             for key, kind in _REQUIRED.items()
+             if key in state and not isinstance(state[key], kind)
+             and not (kind is int and isinstance(state[key], int))]
+    if missing or wrong:
+        found = ", ".join(sorted(map(str, state))[:8]) or "nothing"
+        detail = "; ".join(filter(None, [
+            f"missing key(s) {', '.join(missing)}" if missing else "",
+            f"wrong type of {', '.join(wrong)}" if wrong else ""]))
+        raise ConfigError(f"{uri}: not a selector checkpoint (best.pt): {detail} (it holds "
+                          f"{found}); {_HINT}")

@@ -91,11 +91,25 @@ def load_checked(
     return report
 
 
-def load_albef_vision(model: nn.Module, checkpoint: Mapping) -> LoadReport:
-    """Load ALBEF's ``visual_encoder.*`` into an ``SrsModel`` (or a bare vision encoder)."""
+def _named(source: str, what: str) -> str:
+    """``"<uri> (what)"``, or ``what`` when the caller gave no URI: how errors name the file."""
+    return f"{source} ({what})" if source else what
+
+
+def _mapping(checkpoint: object, source: str, expected: str) -> None:
+    if not isinstance(checkpoint, Mapping):
+        raise ConfigError(f"{_named(source, 'checkpoint')}: holds a "
+                          f"{type(checkpoint).__name__}, not a state dict; expected {expected}")
+
+
+def load_albef_vision(model: nn.Module, checkpoint: Mapping, source: str = "") -> LoadReport:
+    """Load ALBEF's ``visual_encoder.*`` into an ``SrsModel`` (or a bare vision encoder).
+
+    ``source``: the checkpoint's URI, named by every error."""
     model = unwrap(model)
     vision = model.vision if isinstance(model, SrsModel) else model
-    report = LoadReport("ALBEF visual_encoder")
+    _mapping(checkpoint, source, "ALBEF.pth")
+    report = LoadReport(_named(source, "ALBEF visual_encoder"))
     prefix = "visual_encoder."
     mapped = {}
     for key, value in _model_state(checkpoint).items():
@@ -105,8 +119,8 @@ def load_albef_vision(model: nn.Module, checkpoint: Mapping) -> LoadReport:
             report.ignored += 1
     if not mapped:
         raise ConfigError(
-            "the vision checkpoint has no 'visual_encoder.*' keys; expected ALBEF.pth "
-            "(checkpoint['model'] with ALBEF's key names)"
+            f"{source or 'the vision checkpoint'}: no 'visual_encoder.*' keys; expected "
+            "ALBEF.pth (checkpoint['model'] with ALBEF's key names)"
         )
     if "pos_embed" in mapped:
         key, pos_embed = mapped["pos_embed"]
@@ -129,13 +143,16 @@ def _bert_name(key: str) -> str:
     return name
 
 
-def load_bert_text(model: nn.Module, checkpoint: Mapping) -> LoadReport:
-    """Load a Hugging Face BERT state dict into the text and fusion encoders."""
+def load_bert_text(model: nn.Module, checkpoint: Mapping, source: str = "") -> LoadReport:
+    """Load a Hugging Face BERT state dict into the text and fusion encoders.
+
+    ``source``: the checkpoint's URI, named by every error."""
     model = unwrap(model)
     if not isinstance(model, SrsModel):
         raise ConfigError(f"load_bert_text needs an SrsModel, got {type(model).__name__}")
+    _mapping(checkpoint, source, "a Hugging Face bert-base-chinese state dict")
     text_layers, fusion_layers = model.cfg.text_layers, model.cfg.fusion_layers
-    report = LoadReport("BERT text encoder")
+    report = LoadReport(_named(source, "BERT text encoder"))
     mapped = {}
     for key, value in _model_state(checkpoint).items():
         name = _bert_name(key)
@@ -154,7 +171,7 @@ def load_bert_text(model: nn.Module, checkpoint: Mapping) -> LoadReport:
             report.ignored += 1
     if not mapped:
         raise ConfigError(
-            "the text checkpoint has no BERT keys ('bert.embeddings.*', 'bert.encoder.layer.*'); "
-            "expected a Hugging Face bert-base-chinese state dict"
+            f"{source or 'the text checkpoint'}: no BERT keys ('bert.embeddings.*', "
+            "'bert.encoder.layer.*'); expected a Hugging Face bert-base-chinese state dict"
         )
     return load_checked(model, mapped, report, scope=("text.", "fusion."))

@@ -89,3 +89,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
     return tensor
+
+
+_flag_group: torch_dist.ProcessGroup | None = None  # gloo: flags travel without a device sync
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any (False/True alone); every rank must
+    call it. A 1-element CPU all-reduce over gloo, so a GPU job does not wait for its device."""
+    if not is_distributed():
+        return flag
+    global _flag_group
+    if _flag_group is None:
+        gloo = torch_dist.get_backend() == "gloo"
+        _flag_group = torch_dist.group.WORLD if gloo else torch_dist.new_group(backend="gloo")
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX, group=_flag_group)
+    return bool(value.item())

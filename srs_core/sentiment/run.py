@@ -165,6 +165,9 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 
 def _score(job: _Job, started: float, on_chunk: ChunkHook | None) -> dict[str, Any]:
+    # before any work: the chunks and the summary are named after it (s3://bucket would
+    # put them in a bucket "bucket.chunks")
+    store.check_object_uri(job.out)
     if job.workers <= 0:
         job = dataclasses.replace(job, workers=default_workers())
     with RunLock(job.work, "srs sentiment"):

@@ -9,7 +9,8 @@ Writes are atomic: local files are written beside their target and renamed into 
 objects are uploaded from a finished local file, so a reader never sees a partial object.
 :func:`fetch` keeps local copies of remote objects under ``SRS_CACHE_DIR`` (:mod:`.cache`).
 Failures are :class:`~srs_core.errors.StoreError` naming the object (``StoreNotFound`` when it
-does not exist).
+does not exist, ``DiskFullError`` naming the file and the free space when a write runs out of
+space: the previous version stays and no temporary file is left).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 from srs_core.store import local, s3  # noqa: F401
 from srs_core.store.backend import ObjectInfo
 from srs_core.store.cache import cache_root, fetch, fetch_tree
+from srs_core.store.local import reserve
 from srs_core.store.objects import (
+    check_object_uri,
     delete,
     exists,
     list_objects,
@@ -38,6 +41,7 @@ __all__ = [
     "CopyReport",
     "ObjectInfo",
     "cache_root",
+    "check_object_uri",
     "copy_tree",
     "delete",
     "download",
@@ -52,6 +56,7 @@ __all__ = [
     "open_write",
     "read_bytes",
     "read_text",
+    "reserve",
     "size",
     "upload",
     "write_bytes",

@@ -40,7 +40,8 @@ class Backend(Protocol):
         ...
 
     def open_write(self, uri: str) -> AbstractContextManager[IO[bytes]]:
-        """Write an object atomically: it appears only when the block exits cleanly."""
+        """Write an object atomically: it appears only when the block exits cleanly; running
+        out of local space is a DiskFullError naming the file and the free space."""
         ...
 
     def upload(self, source: Path, uri: str) -> None:
@@ -48,6 +49,10 @@ class Backend(Protocol):
         ...
 
     def exists(self, uri: str) -> bool: ...
+
+    def check_object(self, uri: str) -> object:
+        """StoreError, naming ``uri``, when it cannot name an object to write."""
+        ...
 
     def stat(self, uri: str, action: str) -> ObjectInfo:
         """One object: ``uri`` in its canonical spelling, ``relpath`` its name, size, etag."""

@@ -9,16 +9,23 @@ from pathlib import Path
 
 from srs_core.errors import StoreNotFound
 from srs_core.store.backend import backend_for
-from srs_core.store.local import missing
+from srs_core.store.local import (
+    CACHE_DIR_ENV,
+    atomic_file,
+    cache_dir,
+    disk_full_errors,
+    missing,
+)
 from srs_core.store.transfer import copy_tree, download
 
-CACHE_DIR_ENV = "SRS_CACHE_DIR"  # where fetch keeps downloads (default ~/.cache/srs)
+__all__ = ["CACHE_DIR_ENV", "cache_root", "fetch", "fetch_tree"]
 
 
 def cache_root() -> Path:
     """Local directory for cached downloads and scratch files (``SRS_CACHE_DIR``)."""
-    root = Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "srs")
-    root.mkdir(parents=True, exist_ok=True)
+    root = cache_dir()
+    with disk_full_errors(root):
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 
@@ -46,7 +53,8 @@ def fetch(uri: str | os.PathLike) -> Path:
         if target.exists() and marker.exists() and marker.read_text() == info.etag:
             return target
     download(uri, target)
-    marker.write_text(info.etag)
+    with atomic_file(marker) as handle:
+        handle.write(info.etag.encode())
     return target
 
 

@@ -28,6 +28,14 @@ def open_write(uri: str | os.PathLike) -> Iterator[IO[bytes]]:
         yield handle
 
 
+def check_object_uri(uri: str | os.PathLike) -> None:
+    """Refuse, before any work, a URI that cannot name an object to write: an S3 URI without a
+    key (a bare bucket, or a prefix ending in '/'), a key with '.' or '..' segments, a local
+    directory. For outputs from which sibling names are derived (``<out>.chunks/``)."""
+    text = os.fspath(uri)
+    backend_for(text).check_object(text)
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     with open_read(uri) as handle:
         return handle.read()

@@ -22,7 +22,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from srs_core.errors import StoreNotFound
 from srs_core.store.backend import ObjectInfo, register
 from srs_core.store.cache import cache_root
-from srs_core.store.local import file_md5
+from srs_core.store.local import WriteGuard, disk_full_errors, file_md5
 from srs_core.store.s3_client import NotS3, S3Location, client, errors, parse, retry_policy
 from srs_core.store.s3_config import settings
 
@@ -120,35 +120,49 @@ class S3Backend:
 
     @contextlib.contextmanager
     def open_read(self, uri: str) -> Iterator[IO[bytes]]:
-        with io.BufferedReader(ResumingReader(parse(uri)), 1 << 20) as reader:
+        loc = parse(uri, "read", need_key=True)
+        with io.BufferedReader(ResumingReader(loc), 1 << 20) as reader:
             yield reader
 
     @contextlib.contextmanager
     def open_write(self, uri: str) -> Iterator[IO[bytes]]:
-        loc = parse(uri)
-        with tempfile.NamedTemporaryFile(prefix="srs-upload-", dir=cache_root()) as handle:
-            yield handle
-            handle.flush()
-            _upload(Path(handle.name), loc)
+        loc = parse(uri, "write", need_key=True)
+        root = cache_root()
+        # the object is first written to a local file in SRS_CACHE_DIR, which may be full
+        with disk_full_errors(root, loc.uri):
+            scratch = tempfile.NamedTemporaryFile(prefix="srs-upload-", dir=root)  # noqa: SIM115
+        guard = WriteGuard(scratch)
+        # outside the file: closing it flushes its buffer, which may fail the same way
+        with disk_full_errors(Path(scratch.name), loc.uri, guard), scratch:
+            yield guard  # type: ignore[misc]  # a file-like proxy of the handle
+            guard.check()
+            scratch.flush()
+            _upload(Path(scratch.name), loc)
 
     def upload(self, source: Path, uri: str) -> None:
-        _upload(source, parse(uri))
+        _upload(source, parse(uri, "write", need_key=True))
 
     def exists(self, uri: str) -> bool:
+        loc = parse(uri, "stat")
+        if not loc.key or loc.key.endswith("/"):
+            return False  # a bucket or a prefix, never an object
         try:
             self.stat(uri, "stat")
         except StoreNotFound:
             return False
         return True
 
+    def check_object(self, uri: str) -> None:
+        parse(uri, "write", need_key=True)
+
     def stat(self, uri: str, action: str) -> ObjectInfo:
-        loc = parse(uri)
+        loc = parse(uri, action, need_key=True)
         info = _stat(loc, action)
         return ObjectInfo(loc.uri, PurePosixPath(loc.key).name, info.size, info.etag)
 
     def list(self, prefix_uri: str, recursive: bool,
              problems: list[str]) -> Iterator[ObjectInfo]:
-        loc = parse(prefix_uri)
+        loc = parse(prefix_uri, "list")
         prefix = loc.key.rstrip("/") + "/" if loc.key else ""
         with errors(loc, "list"):
             objects = list(client().list_objects(loc.bucket, prefix=prefix, recursive=recursive))
@@ -159,7 +173,7 @@ class S3Backend:
             yield ObjectInfo(f"s3://{loc.bucket}/{obj.object_name}", rel, obj.size or 0, obj.etag)
 
     def delete(self, uri: str) -> None:
-        loc = parse(uri)
+        loc = parse(uri, "delete", need_key=True)
         with errors(loc, "delete"):
             client().remove_object(loc.bucket, loc.key)
 

@@ -57,12 +57,30 @@ class S3Location:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def parse(uri: str | os.PathLike) -> S3Location:
+def parse(uri: str | os.PathLike, action: str = "", need_key: bool = False) -> S3Location:
+    """Bucket and key of ``s3://bucket/key``; StoreError naming the URI for names no S3 server
+    takes (checked here, before any request): a missing or malformed bucket, a key with a
+    ``.`` or ``..`` segment, and, with ``need_key`` (an object, not a prefix), no key."""
+    from minio.helpers import check_bucket_name
+
     text = os.fspath(uri)
+    where = f"{action} {text}" if action else text
     parsed = urlparse(text)
     if not parsed.netloc:
-        raise StoreError(f"{text}: an s3 URI needs a bucket (s3://bucket/key)")
-    return S3Location(parsed.netloc, parsed.path.lstrip("/"))
+        raise StoreError(f"{where}: an s3 URI needs a bucket (s3://bucket/key)")
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    try:
+        check_bucket_name(bucket)
+    except ValueError:
+        raise StoreError(f"{where}: {bucket!r} is not a valid bucket name (3 to 63 lowercase "
+                         "letters, digits, '.' and '-')") from None
+    if {".", ".."} & set(key.split("/")):
+        raise StoreError(f"{where}: the key has a '.' or '..' path segment, which S3 servers "
+                         "refuse; give the key without it")
+    if need_key and (not key or key.endswith("/")):
+        raise StoreError(f"{where}: an object URI needs an object key after the bucket "
+                         "(s3://bucket/path/name), not a bare bucket or a prefix ending in '/'")
+    return S3Location(bucket, key)
 
 
 # Endpoints on which a request has spent its whole retry budget and that no request has
@@ -219,5 +237,7 @@ def errors(loc: S3Location, action: str) -> Iterator[None]:
                          f"{exc.status_code} after retries ({RETRIES_ENV})") from None
     except urllib3.exceptions.HTTPError as exc:
         raise _network_error(action, loc, exc) from None
+    except ValueError as exc:  # minio's checks of names and arguments, before any request
+        raise StoreError(f"{action} {loc.uri}: refused by the S3 client: {exc}") from None
     else:
         _down.discard(endpoint())  # it answered: close the circuit breaker

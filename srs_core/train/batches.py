@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -23,10 +24,18 @@ def train_loader(dataset: SrsDataset, sampler: ResumableSampler, tokenize: Conte
         dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
         num_workers=cfg.train.num_workers, collate_fn=make_collate(tokenize),
         pin_memory=device.type == "cuda", persistent_workers=False,
+        worker_init_fn=_ignore_sigterm,
         # Its own generator: creating the iterator draws a base seed, and from the global
         # RNG that draw would shift the dropout masks of a resumed run.
         generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch),
     )
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """A loader worker outlives a SIGTERM sent to the whole process group (a local launcher,
+    a terminal): the training process stops at a step boundary and needs its batches until
+    then; the worker ends with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def optimizer_steps(micro_batches: Iterable[dict], accumulation: int) -> Iterator[list[dict]]:

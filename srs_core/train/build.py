@@ -14,6 +14,7 @@ from srs_core.data.examples import Example, load_examples
 from srs_core.data.prepare import cache_uri, prepare_sticker_cache
 from srs_core.data.report import Report
 from srs_core.data.sticker_cache import StickerCache, load_sticker_cache
+from srs_core.emotion.anchors import load_anchors
 from srs_core.emotion.teacher import load_teacher
 from srs_core.errors import ConfigError
 from srs_core.model import SrsModel, convert_sync_batchnorm
@@ -67,9 +68,7 @@ def load_emotion(cfg: Config, device: torch.device):
             "loss.emotion is on but emotion.teacher / emotion.anchors are not set; give both "
             "URIs (from `srs emotion train` and `srs emotion anchors`) or set loss.emotion=false"
         )
-    anchors = np.load(store.fetch(cfg.emotion.anchors), allow_pickle=False)
-    if anchors.ndim != 2 or anchors.shape[0] % 7:
-        raise ConfigError(f"{cfg.emotion.anchors}: anchors must be [7*K, D], got {anchors.shape}")
+    anchors = load_anchors(cfg.emotion.anchors)
     teacher = load_teacher(cfg.emotion.teacher, device, cfg.emotion.memory_format)
     return teacher, torch.from_numpy(np.nan_to_num(anchors)).float().to(device)
 
@@ -79,7 +78,7 @@ def anchor_logit_count(cfg: Config, anchors: torch.Tensor | None) -> int:
     if anchors is not None:
         return anchors.shape[0]
     if cfg.emotion.anchors:
-        return np.load(store.fetch(cfg.emotion.anchors), mmap_mode="r").shape[0]
+        return load_anchors(cfg.emotion.anchors, mmap=True).shape[0]
     return 7 * cfg.emotion.k
 
 
@@ -88,10 +87,12 @@ def build_selector(cfg: Config, num_anchor_logits: int, vocab_size: int,
     """The selector with its pretrained initialisation (``model.vision_init``/``text_init``)."""
     model = build_model(cfg.model, num_anchor_logits, vocab_size)
     if cfg.model.vision_init:
-        report = load_albef_vision(model, load_torch(cfg.model.vision_init))
+        report = load_albef_vision(model, load_torch(cfg.model.vision_init),
+                                   source=cfg.model.vision_init)
         log.info("vision init from %s: %s", cfg.model.vision_init, report)
     if cfg.model.text_init:
-        report = load_bert_text(model, read_bert_weights(cfg.model.text_init))
+        report = load_bert_text(model, read_bert_weights(cfg.model.text_init),
+                                source=cfg.model.text_init)
         log.info("text init from %s: %s", cfg.model.text_init, report)
     return model.to(device)
 

@@ -1,18 +1,26 @@
 """The SRS training loop: `srs train` under torchrun (any number of processes) or alone.
 
-Restarting the same command resumes from the latest checkpoint under ``train.output`` (this
+Restarting the same command resumes from the newest checkpoint under ``train.output`` (this
 is what a restarted PyTorchJob pod does): model, optimizer, step, epoch, the
 position inside the epoch and every rank's RNG states are restored, so no data position
-repeats. Augmentations depend only on (seed, epoch, dialog), so a resumed run is
-bit-identical to an uninterrupted one on the same hardware (tested with 2 ranks). Steps,
-positions, the LR schedule and the log/checkpoint cadences count optimizer steps; with
+repeats. A checkpoint records the settings that define the data order and the optimisation
+(:meth:`SelectorTrainer.settings`); a resume with any of them changed is refused unless
+``train.on_settings_change=restart_schedule`` (``--restart-schedule``). SIGTERM stops the run
+at the next step boundary: every rank finishes its step, a checkpoint is written and the run
+raises :class:`~srs_core.runtime.trainer.Preempted` (``srs train`` exits 143).
+Augmentations depend only on (seed, epoch, dialog), so a resumed run is bit-identical to
+an uninterrupted one on the same hardware (tested with 2 ranks). Steps, positions, the LR
+schedule and the log/checkpoint cadences count optimizer steps; with
 ``train.grad_accumulation`` each step consumes that many micro-batches.
 
 Outputs under ``train.output`` (:class:`srs_core.artifacts.TrainOutputs`)::
 
-    checkpoints/latest.pt   resume state (written every ``train.checkpoint_every`` steps
-                            and at every epoch end, atomically): model, optimizer and the
-                            fields of :class:`SelectorState`
+    checkpoints/ckpt-<step>.pt
+                            resume state (written every ``train.checkpoint_every`` steps,
+                            at every epoch end and on SIGTERM, atomically; the newest
+                            ``train.keep_checkpoints`` kept, ``LATEST`` names the newest):
+                            model, optimizer, the run's settings and the fields of
+                            :class:`SelectorState`
     best.pt                 the best model by validation MAP (self-contained, see
                             :class:`srs_core.model.checkpoint.BestCheckpoint`)
     history.jsonl           one line per logged step and per validation
@@ -25,7 +33,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
@@ -41,14 +49,16 @@ from srs_core.emotion.teacher import emotion_targets
 from srs_core.model import param_groups
 from srs_core.model.checkpoint import BestCheckpoint
 from srs_core.model.losses import compute_losses
-from srs_core.runtime.checkpoint import CheckpointManager
 from srs_core.runtime.distributed import DistInfo, all_gather_objects, barrier, init_distributed
 from srs_core.runtime.precision import autocast_context
 from srs_core.runtime.trainer import (
+    Preempted,
+    StopRequest,
     TrainState,
     build_optimizer,
     gradient_sync,
     keep_best,
+    open_checkpoints,
     restore_rng,
     resume,
     rng_state,
@@ -72,7 +82,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SelectorState(TrainState):
-    """Where an SRS run stands; these are the keys of ``latest.pt`` besides model/optimizer."""
+    """Where an SRS run stands; these are the keys of a checkpoint besides model/optimizer."""
 
     step: int = 0
     epoch: int = 0
@@ -114,6 +124,7 @@ class SelectorTrainer:
         self.selection = Selection(cfg, self.cache, self.tokenize, self.device,
                                    self.steps_per_epoch, self.report)
         self._resume()
+        self.stop = StopRequest()  # installed by fit()
         self.started, self.seen = time.time(), 0  # dialogs trained on since (re)start
 
     def _build_optimization(self) -> None:
@@ -133,9 +144,39 @@ class SelectorTrainer:
         self.schedule = selector_schedule(cfg, self.optimizer, self.scale, self.steps_per_epoch,
                                           self.total_steps)
 
+    def settings(self) -> dict[str, object]:
+        """What defines this run's data order and optimisation (recorded in every checkpoint;
+        a resume with any of them changed is refused): batch sizes, seed, epochs, the
+        optimiser and its schedule, the loss switches, the model's shape, the data
+        (:func:`open_checkpoints` adds the number of processes)."""
+        cfg = self.cfg
+        # train.max_steps only stops the run (extending it continues the same run) unless
+        # the per-step cosine decays over it: then the total counts.
+        train_keys = ("epochs", "batch_size", "global_batch_size", "grad_accumulation", "seed",
+                      "lr", "min_lr", "warmup_lr", "lr_schedule", "warmup_epochs",
+                      "warmup_step_iterations", "lr_scaling", "weight_decay",
+                      "weight_decay_rule", "grad_clip")
+        initial_weights_only = ("vision_init", "text_init", "attention")  # not the run's shape
+        settings: dict[str, object] = {f"train.{k}": getattr(cfg.train, k) for k in train_keys}
+        settings |= {f"loss.{k}": v for k, v in asdict(cfg.loss).items()}
+        settings |= {f"model.{k}": v for k, v in asdict(cfg.model).items()
+                     if k not in initial_weights_only}
+        settings |= {"data.stickerchat": cfg.data.stickerchat, "data.sentiment": cfg.data.sentiment,
+                     "data.max_dialogs": cfg.data.max_dialogs,
+                     "data.max_text_tokens": cfg.data.max_text_tokens,
+                     "emotion.teacher": cfg.emotion.teacher, "emotion.anchors": cfg.emotion.anchors,
+                     "eval.protocol": cfg.eval.protocol, "global_batch": self.global_batch,
+                     "train_dialogs": len(self.examples)}
+        if cfg.train.lr_schedule == "cosine_per_step":
+            settings["schedule_steps"] = self.total_steps
+        return settings
+
     def _resume(self) -> None:
         cfg, state = self.cfg, SelectorState()
-        self.state, self.checkpoints = state, CheckpointManager(self.outputs.checkpoints)
+        self.state = state
+        self.checkpoints = open_checkpoints(self.dist, self.outputs.checkpoints, self.settings(),
+                                            cfg.train.keep_checkpoints,
+                                            cfg.train.on_settings_change)
         resumed = resume(self.checkpoints, state, model=self.model, optimizer=self.optimizer)
         if resumed:
             log.info("resumed from step %d (epoch %d, batch %d)", state.step, state.epoch,
@@ -157,13 +198,14 @@ class SelectorTrainer:
         cfg, state = self.cfg, self.state
         self.started, self.seen = time.time(), 0
         done = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
-        while state.epoch < cfg.train.epochs and not done:
-            done = self.train_epoch()
-            if not done:
-                state.epoch, state.position = state.epoch + 1, 0
-            self.validate()
-            self.save()
-            barrier()
+        with self.stop.installed():
+            while state.epoch < cfg.train.epochs and not done:
+                done = self.train_epoch()
+                if not done:
+                    state.epoch, state.position = state.epoch + 1, 0
+                self.validate()
+                self.save()
+                barrier()
         return self.summarize()
 
     def train_epoch(self) -> bool:
@@ -176,11 +218,23 @@ class SelectorTrainer:
             if self.selection.due_mid_epoch(state.step) and state.position < self.steps_per_epoch:
                 self.validate()
                 self.trained.train()
+            if self.stop.agreed():
+                self.save_and_stop()
             if state.step % cfg.train.checkpoint_every == 0:
                 self.save()
             if cfg.train.max_steps and state.step >= cfg.train.max_steps:
                 return True
         return False
+
+    def save_and_stop(self) -> None:
+        """Checkpoint the step every rank has just finished, then stop (SIGTERM)."""
+        self.save()
+        barrier()  # no rank exits before the checkpoint is whole
+        step = self.state.step
+        if self.dist.is_master:
+            log.warning("SIGTERM: stopped after step %d with a checkpoint; rerun to resume", step)
+        raise Preempted(f"stopped by SIGTERM after step {step}, checkpointed in "
+                        f"{self.checkpoints.manager.root}; rerun the same command to resume")
 
     def epoch_loader(self) -> torch.utils.data.DataLoader:
         """This rank's micro-batches of the current epoch from ``state.position`` on."""
@@ -263,10 +317,10 @@ class SelectorTrainer:
         ).save(self.outputs.best)
 
     def save(self) -> None:
-        """``latest.pt`` with every rank's RNG state (a collective: every rank calls it)."""
+        """A checkpoint with every rank's RNG state (a collective: every rank calls it)."""
         self.state.rng = all_gather_objects(rng_state(self.device, self.generator))
         if self.dist.is_master:
-            save_checkpoint(self.checkpoints, self.state, model=self.model,
+            save_checkpoint(self.checkpoints, self.state, self.state.step, model=self.model,
                             optimizer=self.optimizer)
             self.history.flush()
 
