@@ -32,6 +32,7 @@ def train_srs(
     priority_class: str = "",
     pending_timeout_minutes: float = 0.0,
     job_owner: str = "none",
+    variant: str = "",
 ) -> NamedTuple("Trained", output=str, checkpoint=str):
     """Run ``srs train`` (``pytorchjob``: a Training Operator PyTorchJob of ``nodes`` pods;
     ``trainjob``: a Trainer v2 TrainJob on the ``srs-torch`` runtime — either created or
@@ -40,19 +41,19 @@ def train_srs(
     ``queue``: a Kueue LocalQueue ("" = the cluster default SRS_JOB_QUEUE, if any);
     ``priority_class``: a Kueue WorkloadPriorityClass; ``pending_timeout_minutes``: fail when
     the job has not started by then, with the cluster's reasons (0 = only the timeout);
-    ``job_owner``: ``step`` makes this step's pod the job's owner (deleted with the run).
+    ``job_owner``: ``step`` makes this step's pod the job's owner (deleted with the run);
+    ``variant``: a study's variant ("" = none): each variant of a run gets a job of its own.
 
     Returns the training output URI and its best (validation-selected) checkpoint.
     """
-    import os
     import shlex
     from collections import namedtuple
     from pathlib import Path
 
-    from srs_core import launch
     from srs_core.artifacts import RunOutputs
-    from srs_core.launch import JobSpec, job_name, run_local, step_owner
+    from srs_core.launch.step import run_training
     from srs_core.report import training_report
+    from srs_core.tracking import job_env, step_run
 
     outputs = RunOutputs(output_root).train
     out = outputs.root
@@ -63,22 +64,15 @@ def train_srs(
     }
     train_args = ["train", "--preset", preset, *shlex.split(overrides),
                   *(f"{key}={value}" for key, value in settings.items())]
-    timeout = timeout_hours * 3600 or None
-    if backend == "local":
-        run_local(train_args, nproc=max(1, gpus_per_node), timeout=timeout)  # 0 GPUs: 1 CPU
-    else:
-        # Cluster defaults (namespace, node selector, tolerations, ...) arrive as SRS_JOB_* env.
-        spec = JobSpec.from_env(
-            os.environ, name=job_name("srs-train", run_id), image=job_image,
-            train_args=train_args, workers=nodes, gpus_per_worker=gpus_per_node,
-            secret_name=store_secret, run_id=run_id, checkpoint_uri=out,
-            queue_name=queue or None, priority_class=priority_class or None,
-            owner=step_owner(os.environ) if job_owner == "step" else None,
-        )
-        extra = {"pending_timeout": pending_timeout_minutes * 60} if pending_timeout_minutes else {}
-        if backend == "trainjob":
-            launch.run_job(spec, kind="trainjob", timeout=timeout, cleanup=job_cleanup, **extra)
-        else:
-            launch.run_pytorchjob(spec, timeout=timeout, cleanup=job_cleanup, **extra)
-    Path(report.path).write_text(training_report(out), encoding="utf-8")
+    tracked = step_run(f"train-{variant}" if variant else "train", output_root, run_id,
+                       {"srs.checkpoint": outputs.best, "srs.variant": variant})
+    with tracked as tracker:  # `srs train` logs into this step's MLflow run
+        run_training(
+            backend, train_args, run_id=run_id, variant=variant, nodes=nodes,
+            gpus_per_node=gpus_per_node, timeout=timeout_hours * 3600 or None,
+            image=job_image, cleanup=job_cleanup, secret_name=store_secret,
+            checkpoint_uri=out, env=job_env(), queue=queue, priority_class=priority_class,
+            pending_timeout_minutes=pending_timeout_minutes, owned_by_step=job_owner == "step")
+        Path(report.path).write_text(training_report(out), encoding="utf-8")
+        tracker.log_artifact(report.path, "reports")
     return namedtuple("Trained", "output checkpoint")(out, outputs.best)

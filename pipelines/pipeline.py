@@ -12,6 +12,10 @@ sticker with the trained model; evaluation then also ranks each answer among the
 InferenceService (``<output_root>/serving/inferenceservice.yaml`` and a KFP artifact) and, with
 ``apply``, creates or updates it and waits until it is Ready.
 
+The DAG is built by :func:`shared_steps` (validate, sentiment, teacher, anchors) and
+:func:`train_and_evaluate` (train, index, evaluate one model), which the study pipeline
+(:mod:`pipelines.study`) reuses: the shared steps once, the rest once per variant.
+
 Steps pass store URIs (all outputs live under the ``output_root`` parameter) plus KFP
 artifacts for the UI. Cluster settings (Secret env, resources, GPU nodes) are applied here,
 per task; they have no effect under ``kfp.local``, which runs the same DAG on one machine.
@@ -29,6 +33,8 @@ the failure.
 """
 
 # No `from __future__ import annotations`: KFP reads the parameter types at definition time.
+from typing import NamedTuple
+
 from kfp import dsl, kubernetes
 from kfp.dsl import Metrics
 
@@ -75,10 +81,139 @@ RESOURCES = {
 }
 
 
+# The pipeline parameters that the validate step checks (with the data roots).
+VALIDATED = ("preset", "overrides", "anchors_k", "epochs", "batch_size", "train_nodes",
+             "gpus_per_node", "eval_split", "train_timeout_hours", "sentiment_workers",
+             "training_backend")
+
+
 def _retry(task: dsl.PipelineTask, times: int = 2) -> dsl.PipelineTask:
     """Retry a step whose failures are mostly transient (store, network, node eviction) and
     that is cheap or resumable to run again."""
     return task.set_retry(num_retries=times, backoff_duration="30s", backoff_factor=2.0)
+
+
+class Shared(NamedTuple):
+    """The upstream steps every model of a run shares (a study runs them once)."""
+
+    data: dsl.PipelineTask
+    sentiment: dsl.PipelineTask
+    teacher: dsl.PipelineTask
+    anchors: dsl.PipelineTask
+
+
+class Model(NamedTuple):
+    """One trained, indexed and evaluated model: its outputs and the tasks that made it."""
+
+    train_output: dsl.OneOf
+    checkpoint: dsl.OneOf
+    index: dsl.OneOf
+    scores: dsl.PipelineTask
+
+
+def shared_steps(p: dict) -> Shared:
+    """validate -> sentiment, teacher -> anchors, from the pipeline parameters ``p``."""
+    config = {"output_root": p["output_root"], "preset": p["preset"],
+              "overrides": p["overrides"]}
+    # Parameters are checked first, in the validate step, before any step does work.
+    data = validate(
+        stickerchat=p["stickerchat_uri"], ser30k=p["ser30k_uri"], strict=p["strict_validation"],
+        **{name: p[name] for name in VALIDATED},
+    )
+    with_resources(_retry(data, 3), *RESOURCES["validate"])
+    stickerchat, ser30k = data.outputs["stickerchat"], data.outputs["ser30k"]
+
+    sentiment = prepare_sentiment(stickerchat=stickerchat, output_root=p["output_root"],
+                                  workers=p["sentiment_workers"])
+    with_resources(_retry(sentiment), *RESOURCES["sentiment"])
+
+    teacher = train_emotion_teacher(ser30k=ser30k, **config)
+    on_gpu(with_resources(_retry(teacher), *RESOURCES["teacher"]))  # resumes from its epochs
+
+    anchors = cluster_anchors(ser30k=ser30k, teacher=teacher.outputs["teacher"],
+                              k=p["anchors_k"], **config)
+    on_gpu(with_resources(_retry(anchors), *RESOURCES["anchors"]))
+    for task in (data, sentiment, teacher, anchors):
+        as_non_root(with_store_secret(task))
+    return Shared(data, sentiment, teacher, anchors)
+
+
+def _train(p: dict, training: dict) -> tuple[dsl.PipelineTask, ...]:
+    """The training step on the run's backend: three branches, one of which runs."""
+    on_cluster = dict(queue=p["job_queue"], priority_class=p["job_priority_class"],
+                      pending_timeout_minutes=p["pending_timeout_minutes"],
+                      job_owner=p["job_owner"])
+    backend = p["training_backend"]
+    with dsl.If(backend == "pytorchjob", name="on-pytorchjob"):
+        # The step only creates and watches the job: the GPUs are requested by the job's pods.
+        # A retried step adopts the job it created (same run id) instead of starting another.
+        on_job = train_srs(backend="pytorchjob", **training, **on_cluster).set_display_name(
+            "train-srs-pytorchjob")
+        with_job_defaults(with_resources(_retry(on_job), *RESOURCES["train_launcher"]))
+    with dsl.Elif(backend == "trainjob", name="on-trainjob"):
+        on_trainjob = train_srs(backend="trainjob", **training, **on_cluster).set_display_name(
+            "train-srs-trainjob")
+        with_job_defaults(with_resources(_retry(on_trainjob), *RESOURCES["train_launcher"]))
+    with dsl.Else(name="in-step"):
+        in_step = train_srs(backend="local", **training).set_display_name("train-srs")
+        # One retry: training resumes from its last checkpoint (e.g. after a node eviction).
+        on_gpu(with_resources(_retry(in_step, 1), *RESOURCES["train_in_step"]),
+               p["gpus_per_node"])
+    return on_job, on_trainjob, in_step
+
+
+def _index(p: dict, checkpoint: dsl.OneOf, stickerchat: object, output_root: object
+           ) -> tuple[dsl.OneOf, tuple[dsl.PipelineTask, ...]]:
+    """The library index of ``checkpoint`` (or "" with ``build_index=false``)."""
+    # A condition rather than an `enabled` input of the step: the step holds a GPU node, which
+    # a flag could only release after scheduling it. KFP feeds a conditional output to a later
+    # step only through dsl.OneOf over both branches, so the off branch is a no-op step that
+    # returns "" (a few CPU seconds). Not cached: `submit --no-cache` (kfp.Client) turns
+    # caching off in the top-level DAG only, so a nested task must not rely on it.
+    with dsl.If(p["build_index"] == True, name="with-index"):  # noqa: E712 (a KFP condition)
+        indexed = index_stickers(checkpoint=checkpoint, stickerchat=stickerchat,
+                                 output_root=output_root)
+        on_gpu(with_resources(_retry(indexed), *RESOURCES["index"]))
+        indexed.set_caching_options(enable_caching=False)
+    with dsl.Else(name="without-index"):
+        unindexed = with_resources(no_index(), *RESOURCES["no_index"]).set_caching_options(
+            enable_caching=False)
+    return dsl.OneOf(indexed.outputs["Output"], unindexed.output), (indexed, unindexed)
+
+
+def train_and_evaluate(p: dict, shared: Shared, output_root: object, overrides: object,
+                       epochs: object, batch_size: object, variant: object = "",
+                       registered_model: object = "", registered_alias: object = "") -> Model:
+    """train -> index -> evaluate one model under ``output_root`` with ``overrides`` (the run's
+    own, or a study variant's), on the shared steps' outputs. A study's variant leaves the
+    MLflow pipeline run open (its compare step ends it) and registers nothing."""
+    config = {"output_root": output_root, "preset": p["preset"], "overrides": overrides}
+    stickerchat = shared.data.outputs["stickerchat"]
+    training = dict(
+        stickerchat=stickerchat, sentiment=shared.sentiment.output,
+        teacher=shared.teacher.outputs["teacher"], anchors=shared.anchors.output, epochs=epochs,
+        batch_size=batch_size, nodes=p["train_nodes"], gpus_per_node=p["gpus_per_node"],
+        job_image=p["job_image"], job_cleanup=p["job_cleanup"],
+        timeout_hours=p["train_timeout_hours"], store_secret=STORE_SECRET,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **({"variant": variant} if variant else {}),
+        **config,
+    )
+    trained = _train(p, training)
+    for task in trained:
+        task.set_caching_options(enable_caching=False)
+    train_output = dsl.OneOf(*(task.outputs["output"] for task in trained))
+    checkpoint = dsl.OneOf(*(task.outputs["checkpoint"] for task in trained))
+    index, indexing = _index(p, checkpoint, stickerchat, output_root)
+
+    scores = evaluate(stickerchat=stickerchat, checkpoint=checkpoint, train_output=train_output,
+                      split=p["eval_split"], library=index,
+                      run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, registered_model=registered_model,
+                      registered_alias=registered_alias, ends_pipeline=not variant, **config)
+    on_gpu(with_resources(_retry(scores), *RESOURCES["evaluate"]))
+    scores.set_caching_options(enable_caching=False)
+    for task in (*trained, *indexing, scores):
+        as_non_root(with_store_secret(task))
+    return Model(train_output, checkpoint, index, scores)
 
 
 @dsl.pipeline(
@@ -114,6 +249,8 @@ def srs_pipeline(
     serving_namespace: str = "",
     serving_image: str = BASE_IMAGE,
     serving_wait_minutes: float = 15.0,
+    registered_model: str = "srs-selector",
+    registered_alias: str = "",
 ) -> Metrics:
     """The whole workflow; returns the evaluation metrics.
 
@@ -135,79 +272,17 @@ def srs_pipeline(
     InferenceService, ``serving_name`` in ``serving_namespace`` ("" = the run's own), running
     ``serving_image``) or ``apply`` (also create or update it, and fail unless it is Ready
     within ``serving_wait_minutes``); it needs the index.
+
+    ``registered_model``: register the evaluated model as a new version of this MLflow
+    registered model ("" = do not), and point ``registered_alias`` (e.g. ``champion``; "" =
+    none) at it; training and evaluation log to MLflow (``srs_core.tracking``).
     """
-    config = {"output_root": output_root, "preset": preset, "overrides": overrides}
-
-    # Parameters are checked first, in the validate step, before any step does work.
-    data = validate(
-        stickerchat=stickerchat_uri, ser30k=ser30k_uri, strict=strict_validation, preset=preset,
-        overrides=overrides, anchors_k=anchors_k, epochs=epochs, batch_size=batch_size,
-        train_nodes=train_nodes, gpus_per_node=gpus_per_node, eval_split=eval_split,
-        train_timeout_hours=train_timeout_hours, sentiment_workers=sentiment_workers,
-        training_backend=training_backend,
-    )
-    with_resources(_retry(data, 3), *RESOURCES["validate"])
-    stickerchat, ser30k = data.outputs["stickerchat"], data.outputs["ser30k"]
-
-    sentiment = prepare_sentiment(stickerchat=stickerchat, output_root=output_root,
-                                  workers=sentiment_workers)
-    with_resources(_retry(sentiment), *RESOURCES["sentiment"])
-
-    teacher = train_emotion_teacher(ser30k=ser30k, **config)
-    on_gpu(with_resources(_retry(teacher), *RESOURCES["teacher"]))  # resumes from its epochs
-
-    anchors = cluster_anchors(ser30k=ser30k, teacher=teacher.outputs["teacher"], k=anchors_k,
-                              **config)
-    on_gpu(with_resources(_retry(anchors), *RESOURCES["anchors"]))
-
-    training = dict(
-        stickerchat=stickerchat, sentiment=sentiment.output, teacher=teacher.outputs["teacher"],
-        anchors=anchors.output, epochs=epochs, batch_size=batch_size, nodes=train_nodes,
-        gpus_per_node=gpus_per_node, job_image=job_image, job_cleanup=job_cleanup,
-        timeout_hours=train_timeout_hours, store_secret=STORE_SECRET,
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **config,
-    )
-    on_cluster = dict(queue=job_queue, priority_class=job_priority_class,
-                      pending_timeout_minutes=pending_timeout_minutes, job_owner=job_owner)
-    with dsl.If(training_backend == "pytorchjob", name="on-pytorchjob"):
-        # The step only creates and watches the job: the GPUs are requested by the job's pods.
-        # A retried step adopts the job it created (same run id) instead of starting another.
-        on_job = train_srs(backend="pytorchjob", **training, **on_cluster).set_display_name(
-            "train-srs-pytorchjob")
-        with_job_defaults(with_resources(_retry(on_job), *RESOURCES["train_launcher"]))
-    with dsl.Elif(training_backend == "trainjob", name="on-trainjob"):
-        on_trainjob = train_srs(backend="trainjob", **training, **on_cluster).set_display_name(
-            "train-srs-trainjob")
-        with_job_defaults(with_resources(_retry(on_trainjob), *RESOURCES["train_launcher"]))
-    with dsl.Else(name="in-step"):
-        in_step = train_srs(backend="local", **training).set_display_name("train-srs")
-        # One retry: training resumes from its last checkpoint (e.g. after a node eviction).
-        on_gpu(with_resources(_retry(in_step, 1), *RESOURCES["train_in_step"]), gpus_per_node)
-    trained = (on_job, on_trainjob, in_step)
-    for task in trained:
-        task.set_caching_options(enable_caching=False)
-    train_output = dsl.OneOf(*(task.outputs["output"] for task in trained))
-    checkpoint = dsl.OneOf(*(task.outputs["checkpoint"] for task in trained))
-
-    # A condition rather than an `enabled` input of the step: the step holds a GPU node, which
-    # a flag could only release after scheduling it. KFP feeds a conditional output to a later
-    # step only through dsl.OneOf over both branches, so the off branch is a no-op step that
-    # returns "" (a few CPU seconds). Not cached: `submit --no-cache` (kfp.Client) turns
-    # caching off in the top-level DAG only, so a nested task must not rely on it.
-    with dsl.If(build_index == True, name="with-index"):  # noqa: E712 (a KFP condition)
-        indexed = index_stickers(checkpoint=checkpoint, stickerchat=stickerchat,
-                                 output_root=output_root)
-        on_gpu(with_resources(_retry(indexed), *RESOURCES["index"]))
-        indexed.set_caching_options(enable_caching=False)
-    with dsl.Else(name="without-index"):
-        unindexed = with_resources(no_index(), *RESOURCES["no_index"]).set_caching_options(
-            enable_caching=False)
-    index = dsl.OneOf(indexed.outputs["Output"], unindexed.output)
-
-    scores = evaluate(stickerchat=stickerchat, checkpoint=checkpoint, train_output=train_output,
-                      split=eval_split, library=index, **config)
-    on_gpu(with_resources(_retry(scores), *RESOURCES["evaluate"]))
-    scores.set_caching_options(enable_caching=False)
+    params = dict(locals())  # the pipeline parameters by name, for the shared builders
+    shared = shared_steps(params)
+    model = train_and_evaluate(params, shared, output_root, overrides, epochs, batch_size,
+                               registered_model=registered_model,
+                               registered_alias=registered_alias)
+    checkpoint, index, scores = model.checkpoint, model.index, model.scores
 
     # After evaluation: only a model that evaluated is deployed.
     with dsl.If(deploy != "none", name="deploy"):
@@ -222,7 +297,5 @@ def srs_pipeline(
             enable_caching=False)
         kubernetes.use_field_path_as_env(served, NAMESPACE_ENV, "metadata.namespace")
 
-    for task in (data, sentiment, teacher, anchors, *trained, indexed, unindexed, scores,
-                 served):
-        as_non_root(with_store_secret(task))
+    as_non_root(with_store_secret(served))
     return scores.outputs["metrics"]

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,23 @@ DEFAULT_CANCEL_GRACE = 30.0
 RUN_MARK_ENV = "SRS_LOCAL_PIPELINE_RUN"
 
 
-def pipeline_parameters() -> dict[str, tuple[type, Any]]:
-    """Name -> (Python type, default) of every pipeline parameter."""
+def _main_pipeline() -> Any:
     from pipelines.pipeline import srs_pipeline
 
-    return {name: (_TYPES[spec.type], spec.default)
-            for name, spec in srs_pipeline.component_spec.inputs.items()}
+    return srs_pipeline
 
 
-def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
+def pipeline_parameters(pipeline: Any = None) -> dict[str, tuple[type, Any]]:
+    """Name -> (Python type, default) of every parameter of ``pipeline`` (default: the main
+    pipeline; list and dict parameters are left out: no ``--param`` sets them)."""
+    inputs = (pipeline or _main_pipeline()).component_spec.inputs
+    return {name: (_TYPES[spec.type], spec.default) for name, spec in inputs.items()
+            if spec.type in _TYPES}
+
+
+def parse_params(pairs: Iterable[str], pipeline: Any = None) -> dict[str, Any]:
     """``name=value`` strings -> typed pipeline arguments; unknown names are a ConfigError."""
-    known = pipeline_parameters()
+    known = pipeline_parameters(pipeline)
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
@@ -80,14 +86,14 @@ def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
     return params
 
 
-def check_parameters(params: Mapping[str, Any]) -> None:
+def check_parameters(params: Mapping[str, Any], pipeline: Any = None) -> None:
     """Refuse out-of-range run parameters (the config's rules) before anything runs; the
     pipeline's validate step repeats this for runs started from the Kubeflow UI."""
     from srs_core.config import check_run_parameters
 
-    values = {name: default for name, (_, default) in pipeline_parameters().items()}
+    values = {name: default for name, (_, default) in pipeline_parameters(pipeline).items()}
     values.update(params)
-    if values["deploy"] != "none" and not values["build_index"]:
+    if values.get("deploy", "none") != "none" and not values["build_index"]:
         raise ConfigError(f"--param deploy={values['deploy']} serves the sticker index: it "
                           "needs build_index=true")
     check_run_parameters(**{name: values[name] for name in RUN_PARAMETERS})
@@ -98,15 +104,13 @@ RUN_PARAMETERS = ("preset", "overrides", "anchors_k", "epochs", "batch_size", "t
                   "gpus_per_node", "eval_split", "train_timeout_hours", "sentiment_workers")
 
 
-def compile_pipeline(out: str | Path) -> Path:
-    """Write the pipeline's YAML (KFP IR) to ``out``."""
+def compile_pipeline(out: str | Path, pipeline: Any = None) -> Path:
+    """Write the YAML (KFP IR) of ``pipeline`` (default: the main pipeline) to ``out``."""
     from kfp import compiler
-
-    from pipelines.pipeline import srs_pipeline
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(srs_pipeline, str(out))
+    compiler.Compiler().compile(pipeline or _main_pipeline(), str(out))
     return out
 
 
@@ -119,15 +123,17 @@ def submit(
     namespace: str | None = None,
     service_account: str | None = None,
     enable_caching: bool | None = None,
+    pipeline: Any = None,
 ) -> dict[str, str]:
-    """Create a run on the KFP server at ``host`` (compiling the pipeline unless ``package``
-    names a compiled one); returns its run and experiment ids."""
+    """Create a run on the KFP server at ``host`` (compiling ``pipeline``, default the main
+    one, unless ``package`` names a compiled one); returns its run and experiment ids."""
     import kfp
 
-    check_parameters(params or {})
+    check_parameters(params or {}, pipeline)
     token = os.environ.get(TOKEN_ENV) or None
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(package) if package else compile_pipeline(Path(tmp) / "srs-pipeline.yaml")
+        path = Path(package) if package else compile_pipeline(Path(tmp) / "srs-pipeline.yaml",
+                                                              pipeline)
         # kfp prints links to stdout; keep stdout for our JSON result.
         with contextlib.redirect_stdout(sys.stderr):
             try:
@@ -151,10 +157,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def run_locally(
-    data_dir: str | Path, out_dir: str | Path, params: Mapping[str, Any] | None = None
+    data_dir: str | Path, out_dir: str | Path, params: Mapping[str, Any] | None = None,
+    pipeline: Any = None,
 ) -> dict[str, Any]:
-    """Run the whole pipeline on this machine with ``kfp.local`` (one subprocess per step,
-    training with torchrun); returns the test metrics and where the KFP artifacts are.
+    """Run the whole pipeline (``pipeline``, default the main one) on this machine with
+    ``kfp.local`` (one subprocess per step, training with torchrun); returns the test metrics,
+    everything the returned Metrics artifact logged, and where the KFP artifacts are.
 
     ``data_dir`` holds ``stickerchat/`` and ``ser30k/`` (e.g. from ``srs data synth``);
     step outputs go to ``<out>/<step>`` and KFP's artifacts to ``<out>/kfp``.
@@ -162,8 +170,7 @@ def run_locally(
     from kfp import local
     from kfp.local import pipeline_orchestrator
 
-    from pipelines.pipeline import srs_pipeline
-
+    pipeline = pipeline or _main_pipeline()
     data, out = Path(data_dir).resolve(), Path(out_dir).resolve()
     roots = DataRoots(str(data))
     for part in (roots.stickerchat, roots.ser30k):
@@ -174,7 +181,7 @@ def run_locally(
                  "ser30k_uri": roots.ser30k, "output_root": str(out), **(params or {})}
     if arguments["training_backend"] != "local":
         raise ConfigError("a local run trains with training_backend=local (no cluster here)")
-    check_parameters(arguments)
+    check_parameters(arguments, pipeline)
     grace = cancel_grace_seconds()
     kfp_root = out / "kfp"
     kfp_root.mkdir(parents=True, exist_ok=True)
@@ -183,7 +190,7 @@ def run_locally(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root),
                raise_on_error=True)
     # kfp.local prints the steps' logs to stdout; stdout is for the metrics.
-    with _StepStopper(grace) as stopper:
+    with _StepStopper(grace) as stopper, _loop_inputs_kept(), _one_tracking_store(out):
         try:
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
                 # Expected here: cluster settings (resources, GPUs) do nothing on one machine,
@@ -191,7 +198,7 @@ def run_locally(
                 warnings.filterwarnings("ignore", message=".*have no effect in the current local")
                 warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
                 outputs = pipeline_orchestrator.run_local_pipeline(
-                    pipeline_spec=_without_retries(srs_pipeline.pipeline_spec),
+                    pipeline_spec=_without_retries(pipeline.pipeline_spec),
                     arguments=arguments)
         except RuntimeError as exc:  # kfp.local names the failed task; its log is above
             stopper.raise_if_cancelled()
@@ -202,7 +209,33 @@ def run_locally(
     run_dir = runs[-1] if runs else None
     logged = outputs["Output"].metadata
     metrics = {name: logged[name] for name in RANK_METRICS if name in logged}
-    return {"metrics": metrics, "run_dir": str(run_dir), "artifacts": _artifacts(run_dir)}
+    return {"metrics": metrics, "logged": dict(logged), "run_dir": str(run_dir),
+            "artifacts": _artifacts(run_dir)}
+
+
+@contextlib.contextmanager
+def _loop_inputs_kept() -> Iterator[None]:
+    """Work around kfp.local 2.17.0 for ``dsl.ParallelFor``: building a loop iteration, it
+    replaces EVERY input of the loop that is an upstream task's output with the loop item (a
+    study's variants would get the variant dict as their data URI). Inputs other than the
+    iterated items get their original spec back; the items input is left as kfp sets it."""
+    from kfp.local.orchestrator import task_spec_utils
+
+    build = task_spec_utils.create_parameter_loop_iteration_task_spec
+
+    def iteration(original: Any, loop_item: Any, loop_task_name: str) -> Any:
+        spec = build(original, loop_item, loop_task_name)
+        items = original.parameter_iterator.items.input_parameter
+        for name, source in original.inputs.parameters.items():
+            if source.HasField("task_output_parameter") and name != items:
+                spec.inputs.parameters[name].CopyFrom(source)
+        return spec
+
+    task_spec_utils.create_parameter_loop_iteration_task_spec = iteration
+    try:
+        yield
+    finally:
+        task_spec_utils.create_parameter_loop_iteration_task_spec = build
 
 
 def _without_retries(spec: Any) -> Any:
@@ -225,15 +258,17 @@ def _plain(text: str) -> str:
 
 
 def _artifacts(run_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """Per task and output: the artifact's file and metadata, from the executor outputs."""
+    """Per task and output: the artifact's file and metadata, from the executor outputs (a
+    task inside a ParallelFor iteration as ``for-loop-1-iteration-0/evaluate``)."""
     found: dict[str, dict[str, Any]] = {}
     if run_dir is None:
         return found
-    for output_file in sorted(run_dir.glob("*/executor_output.json")):
+    for output_file in sorted(run_dir.rglob("executor_output.json")):
         outputs = json.loads(output_file.read_text()).get("artifacts", {})
+        task = output_file.parent.relative_to(run_dir).as_posix()
         for name, entry in outputs.items():
             for artifact in entry.get("artifacts", []):
-                found.setdefault(output_file.parent.name, {})[name] = {
+                found.setdefault(task, {})[name] = {
                     "uri": artifact.get("uri", ""), "metadata": artifact.get("metadata", {})}
     return found
 
@@ -406,6 +441,22 @@ class _StepStopper:
         raise PipelineCancelled(
             self.signum, f"local pipeline run cancelled by {name}: its steps were stopped"
             f"{how}" + (f"; still running: {sorted(e.pid for e in left)}" if left else ""))
+
+
+@contextlib.contextmanager
+def _one_tracking_store(out: Path) -> Iterator[None]:
+    """Every step of a local run (a study's variants too, whose outputs lie deeper) tracks
+    into one MLflow store, ``<out>/mlflow.db``, unless ``MLFLOW_TRACKING_URI`` says where."""
+    from srs_core.tracking.session import URI_ENV, tracking_uri
+
+    before = os.environ.get(URI_ENV)
+    uri = before or tracking_uri(str(out))
+    if uri:
+        os.environ[URI_ENV] = uri
+    try:
+        yield
+    finally:
+        _restore_env(URI_ENV, before)
 
 
 def _restore_env(name: str, value: str | None) -> None:

@@ -10,6 +10,8 @@ negative (the lowest-index candidate other than the positive) under both rules, 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -17,6 +19,26 @@ from srs_core.errors import DataError
 
 TIE_RULES = ("against", "favour")
 METRIC_NAMES = ("R10@1", "R10@2", "R10@5", "R2@1", "MAP", "MRR", "P@1")
+# Metric lines on stdout (training prints them after each validation; Katib's StdOut collector
+# reads them, srs_core.study.katib): ``srs-metric val_MAP=0.8123``. Two groups, name and value,
+# as Katib's filter wants; valid in Go's RE2 and Python's re.
+METRIC_PREFIX = "srs-metric"
+METRIC_FORMAT = (r"srs-metric\s+([A-Za-z0-9_.@-]+)=([-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+                 r"(?:[eE][-+]?\d+)?)")
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
+
+
+def metric_line(name: str, value: float) -> str:
+    """The stdout line Katib collects: ``srs-metric val_MAP=0.8123`` (NaN/inf: never matched)."""
+    if not _METRIC_NAME.match(name):
+        raise ValueError(f"metric name {name!r}: use A-Z a-z 0-9 _ . @ -")
+    return f"{METRIC_PREFIX} {name}={float(value)!r}"
+
+
+def metric_lines(split: str, metrics: dict[str, float]) -> str:
+    """Every metric as a :func:`metric_line` named ``<split>_<name>`` (``val_MAP``), one a
+    line: what training prints after each validation for Katib's StdOut collector."""
+    return "\n".join(metric_line(f"{split}_{name}", value) for name, value in metrics.items())
 
 
 def positive_ranks(scores: ArrayLike, positive: int = 0, ties: str = "against") -> np.ndarray:

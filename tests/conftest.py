@@ -67,3 +67,55 @@ def emotion(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     save_torch(backbone.state_dict(), str(out / "teacher.pth"))
     np.save(out / "anchors.npy", np.random.default_rng(0).normal(size=(14, 2048)).astype("f4"))
     return str(out / "teacher.pth"), str(out / "anchors.npy")
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests track nothing unless they ask (tests/test_tracking.py): no MLflow store is made."""
+    monkeypatch.setenv("SRS_TRACKING", "off")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SRS_TRACKING_RUN_ID",
+                 "SRS_TRACKING_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on loopback: SQLite backend, artifacts on the moto S3 server."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import boto3
+
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": f"http://{moto_endpoint}"}
+    boto3.client("s3", endpoint_url=keys["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(
+        Bucket="mlflow-artifacts")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{db}", "--workers", "1",
+         "--artifacts-destination", "s3://mlflow-artifacts/runs"],
+        env={**os.environ, **keys}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            break
+        except OSError:
+            if server.poll() is not None:
+                raise RuntimeError(server.stderr.read().decode()[-2000:]) from None
+            time.sleep(0.5)
+    else:
+        server.kill()
+        raise RuntimeError("mlflow server did not start in 120 s")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)

@@ -3,11 +3,12 @@
 Layers, lowest first (a module may import its own layer or lower ones, never a higher one):
 
     foundation  errors, process, metrics, config, store, runlock, artifacts
-    runtime     distributed, checkpoints, LR schedules, precision, device (knows nothing of SRS)
+    runtime     distributed, checkpoints, LR schedules, precision, device (knows nothing of SRS);
+                tracking (MLflow runs and the model registry)
     data        examples, transforms, datasets, the sticker cache, readers
     model       the selector, its losses, tokenizer, best.pt
     work        emotion, evaluate, inference, library, sentiment, launch, train
-    faces       cli, serving, deploy, report
+    faces       cli, serving, deploy, report, study_report
 
 Inside ``work``, training may use evaluation and perception (the teacher), never the other
 way: ``evaluate``, ``emotion``, ``inference`` and ``library`` import nothing from ``train``.
@@ -29,12 +30,13 @@ LAYER_OF = {
     "errors": "foundation", "process": "foundation", "metrics": "foundation",
     "config": "foundation", "config_checks": "foundation", "store": "foundation",
     "runlock": "foundation", "artifacts": "foundation",
-    "runtime": "runtime",
+    "runtime": "runtime", "tracking": "runtime",
     "data": "data",
     "model": "model",
     "emotion": "work", "evaluate": "work", "inference": "work", "library": "work",
     "sentiment": "work", "launch": "work", "train": "work", "study": "work",
     "cli": "faces", "serving": "faces", "deploy": "faces", "report": "faces",
+    "study_report": "faces",
 }
 # Same layer, still forbidden: training sits above evaluation and perception.
 NEVER = {

@@ -42,7 +42,7 @@ def _library_names(function: ast.FunctionDef) -> dict[str, object]:
 def test_the_components_have_constant_images() -> None:
     assert set(COMPONENTS) == {"validate", "prepare_sentiment", "train_emotion_teacher",
                                "cluster_anchors", "train_srs", "evaluate", "build_index",
-                               "no_index", "deploy_model"}
+                               "no_index", "deploy_model", "study_variant", "compare_variants"}
     for name, component in COMPONENTS.items():
         container = component.component_spec.implementation.container
         assert container.image == (GPU_IMAGE if name in GPU_STEPS else BASE_IMAGE), name
@@ -188,7 +188,7 @@ def _train_inputs(root: Path, **changes: object) -> dict:
 def test_train_component_builds_a_valid_pytorchjob_from_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import srs_core.launch as launch
+    import srs_core.launch.step as launch  # where the step calls the launchers
     from srs_core.launch import job_name, render_pytorchjob
 
     launched = []
@@ -233,7 +233,7 @@ def test_train_component_builds_a_valid_pytorchjob_from_the_run(
 def test_train_component_fails_when_the_job_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import srs_core.launch as launch
+    import srs_core.launch.step as launch  # where the step calls the launchers
     from srs_core.errors import JobError
 
     def failed(spec, **options):

@@ -57,9 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from srs_core.tracking import track_training
     from srs_core.train.loop import train
 
-    summary, code = run_training(args, train)
+    summary, code = run_training(args, lambda cfg: track_training(cfg, train))
     if summary is not None and summary.get("rank", 0) == 0:
         print_json(summary)
     return code
@@ -67,7 +68,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from srs_core.evaluate import evaluate
+    from srs_core.tracking import track_evaluation
 
-    print_json(evaluate(config_from_args(args), args.checkpoint, args.split, args.out,
-                        library=args.library))
+    cfg = config_from_args(args)
+    print_json(track_evaluation(cfg, args.checkpoint, args.split, args.out, lambda: evaluate(
+        cfg, args.checkpoint, args.split, args.out, library=args.library)))
     return 0

@@ -8,6 +8,7 @@ library index, keep it with the run, and optionally create or update it and wait
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from srs_core import store
@@ -22,6 +23,7 @@ from srs_core.deploy.apply import (
     updated,
 )
 from srs_core.deploy.manifest import DEFAULT_NAME, Resources, inference_service
+from srs_core.deploy.registered import label_value, registered_model
 from srs_core.errors import ConfigError
 from srs_core.launch.schema import dump_yaml
 from srs_core.launch.spec import RUN_ID_LABEL
@@ -33,18 +35,20 @@ DEPLOY_MODES = ("none", "render", "apply")  # the pipeline's `deploy` parameter
 
 def deploy_model(mode: str, checkpoint: str, index: str, output_root: str, image: str, *,
                  name: str = DEFAULT_NAME, namespace: str = "", wait_seconds: float = 900.0,
-                 run_id: str = "", configuration: Any = None) -> dict[str, Any]:
+                 run_id: str = "", configuration: Any = None,
+                 labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``render``: write the InferenceService of ``checkpoint`` + ``index`` to the run's
     ``RunOutputs(output_root).inference_service``; ``apply``: then create or update it and
     wait for Ready.
 
-    ``namespace`` "" is the one this pod runs in. Returns ``{"manifest_uri", "yaml",
+    ``namespace`` "" is the one this pod runs in; ``labels`` are added to the object's (e.g.
+    :func:`registered_model`'s). Returns ``{"manifest_uri", "yaml",
     "outcome"}`` (``outcome``: :class:`DeployOutcome` as a dict, ``None`` for ``render``).
     """
     if mode not in DEPLOY_MODES[1:]:
         raise ConfigError(f"deploy={mode!r}: use one of {', '.join(DEPLOY_MODES[1:])} (or "
                           "none, which deploys nothing)")
-    labels = {RUN_ID_LABEL: run_id} if run_id else None
+    labels = {**({RUN_ID_LABEL: run_id} if run_id else {}), **(labels or {})}
     manifest = inference_service(name, namespace or current_namespace(), image, checkpoint,
                                  index, labels=labels)
     text = dump_yaml(manifest)
@@ -61,5 +65,5 @@ def deploy_model(mode: str, checkpoint: str, index: str, output_root: str, image
 __all__ = [
     "DEPLOY_MODES", "DeployError", "DeployOutcome", "InferenceServices", "Resources",
     "apply_inference_service", "current_namespace", "deploy_model", "inference_service",
-    "ready_state", "updated",
+    "label_value", "ready_state", "registered_model", "updated",
 ]

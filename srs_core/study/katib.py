@@ -39,31 +39,22 @@ from srs_core.launch.trainjob import (
     REPLICATED_JOB_LABEL,
     render_trainjob,
 )
+from srs_core.metrics import METRIC_FORMAT, METRIC_PREFIX, metric_line
 from srs_core.study.sweep import Parameter, Sweep
 from srs_core.study.variants import format_value, load_study
 
 API_VERSION = "kubeflow.org/v1beta1"
 KIND = "Experiment"
 OBJECTIVE_METRIC = "val_MAP"
-METRIC_PREFIX = "srs-metric"
-# Two groups, name and value, as Katib's filter wants; valid in Go's RE2 and Python's re.
-METRIC_FORMAT = (r"srs-metric\s+([A-Za-z0-9_.@-]+)=([-+]?(?:\d+(?:\.\d*)?|\.\d+)"
-                 r"(?:[eE][-+]?\d+)?)")
 TRIAL_NAME = "trialName"  # the trial parameter that Katib fills with the trial's name
 SUCCESS = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
 FAILURE = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
 ALGORITHMS = {"grid": "grid", "random": "random"}
+__all__ = ["METRIC_FORMAT", "METRIC_PREFIX", "metric_line", "render_katib_experiment",
+           "render_katib_yaml"]
 STUDY_LABEL = "srs-kubeflow/study"
-_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
 # Trial names are "<experiment>-<8 characters>"; TrainJob/JobSet/pod names grow from there.
 _EXPERIMENT_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
-
-
-def metric_line(name: str, value: float) -> str:
-    """The stdout line Katib collects: ``srs-metric val_MAP=0.8123`` (NaN/inf: never matched)."""
-    if not _METRIC_NAME.match(name):
-        raise ValueError(f"metric name {name!r}: use A-Z a-z 0-9 _ . @ -")
-    return f"{METRIC_PREFIX} {name}={float(value)!r}"
 
 
 def parameter_name(key: str) -> str:

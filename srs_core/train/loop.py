@@ -46,6 +46,7 @@ from srs_core.data.dataset import ResumableSampler, SrsDataset
 from srs_core.data.prepare import cache_uri
 from srs_core.data.report import Report
 from srs_core.emotion.teacher import emotion_targets
+from srs_core.metrics import metric_lines
 from srs_core.model import param_groups
 from srs_core.model.checkpoint import BestCheckpoint
 from srs_core.model.losses import compute_losses
@@ -307,6 +308,7 @@ class SelectorTrainer:
                               selection.history_key: metrics})
             log.info("%s at step %d: MAP %.4f R10@1 %.4f", selection.label, state.step,
                      metrics["MAP"], metrics["R10@1"])
+            print(metric_lines(selection.history_key, metrics), flush=True)  # for Katib
 
     def save_best(self, metrics: dict[str, float]) -> None:
         BestCheckpoint(

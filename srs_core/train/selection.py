@@ -13,6 +13,7 @@ from srs_core.data.examples import load_examples
 from srs_core.data.report import Report
 from srs_core.data.sticker_cache import StickerCache
 from srs_core.evaluate import TIES, Tokenize, score_examples, summarize
+from srs_core.tracking import log_record
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class History:
     def add(self, record: dict) -> None:
         if self.enabled:
             self.lines.append(json.dumps(record))
+            log_record(record)  # to the active MLflow run, if any (srs_core.tracking)
 
     def flush(self) -> None:
         if self.enabled:
