@@ -496,9 +496,13 @@ def _check_library_and_deploy(out: Path, outputs: dict, logged: dict) -> None:
 
 
 @pytest.mark.slow
-def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """All six steps under kfp.local (subprocesses, torchrun on CPU) with the tiny preset."""
+def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """All six steps under kfp.local (subprocesses, torchrun on CPU) with the tiny preset,
+    tracked as the demo is: the run's own MLflow store, the model registered there."""
     import numpy as np
+
+    monkeypatch.delenv("SRS_TRACKING", raising=False)
 
     from srs_core.data.ser30k import EMOTIONS
     from srs_core.data.synth import synthesize
@@ -547,3 +551,22 @@ def test_local_run_end_to_end_on_demo_data(tmp_path: Path, capsys: pytest.Captur
     assert 'src="data:image/png;base64,' in training  # the loss curves
     evaluation = Path(_artifact(outputs, "evaluate", "report")["uri"]).read_text()
     assert evaluation.count('class="dialog"') == 3 and "R10@1" in evaluation
+    _check_local_tracking(out, metrics)
+
+
+def _check_local_tracking(out: Path, metrics: dict) -> None:
+    """The steps' runs in ``<out>/mlflow.db`` under one finished pipeline run, and the
+    evaluated model as version 1 of ``srs-selector`` with its checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("srs").experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("srs.role") == "pipeline"]
+    assert parent.info.status == "FINISHED"
+    steps = {run.info.run_name: run for run in runs
+             if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"train", "evaluate-test"} <= set(steps), sorted(steps)
+    assert steps["evaluate-test"].data.metrics["R10_at_1"] == pytest.approx(metrics["R10@1"])
+    assert "loss" in steps["train"].data.metrics
+    version = client.get_model_version("srs-selector", "1")
+    assert version.tags["srs.checkpoint"] == str(out / "srs" / "best.pt")
