@@ -23,6 +23,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -71,6 +72,22 @@ def read_jsonl(uri: str) -> list[dict]:
     return records
 
 
+def two_panel_figure(size: tuple[float, float], without: str) -> tuple[Any, Any, Any] | None:
+    """A figure with two side-by-side axes, or None (``without``: what is lost, logged) when
+    matplotlib is missing. Figure + Agg canvas rather than pyplot: no global state, safe in any
+    thread."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.warning("matplotlib is not installed: %s", without)
+        return None
+    figure = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    return figure, left, right
+
+
 def _png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -84,16 +101,10 @@ def loss_curves_png(history: list[dict]) -> bytes | None:
     vals = _selections(history)
     if not steps and not vals:
         return None
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.warning("matplotlib is not installed: reports have no loss-curve plot")
+    panels = two_panel_figure((10, 3.6), "reports have no loss-curve plot")
+    if panels is None:
         return None
-    # Figure + Agg canvas rather than pyplot: no global state, safe in any thread.
-    figure = Figure(figsize=(10, 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2)
+    figure, left, right = panels
     terms = sorted({k for r in steps for k, v in r.items()
                     if k not in _NOT_LOSS and isinstance(v, (int, float))} - {"loss"})
     for name in ["loss", *terms]:

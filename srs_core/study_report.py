@@ -20,7 +20,7 @@ from typing import Any
 
 from srs_core import store
 from srs_core.artifacts import RunOutputs
-from srs_core.report import _page, _png_data_uri, metrics_table, read_jsonl
+from srs_core.report import _page, _png_data_uri, metrics_table, read_jsonl, two_panel_figure
 from srs_core.study import compare
 from srs_core.study.run import variant_root
 
@@ -43,15 +43,10 @@ def overlaid_curves_png(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
     curves = {name: _curves(history) for name, history in histories.items()}
     if not any(val or loss for val, loss in curves.values()):
         return None
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.warning("matplotlib is not installed: the comparison has no curves")
+    panels = two_panel_figure((11, 3.8), "the comparison has no curves")
+    if panels is None:
         return None
-    figure = Figure(figsize=(11, 3.8), dpi=100)
-    FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2)
+    figure, left, right = panels
     for name, (val, loss) in curves.items():
         if val:
             left.plot(*zip(*val, strict=True), marker="o", label=name)

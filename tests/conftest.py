@@ -119,3 +119,18 @@ def mlflow_server(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
     yield url
     server.terminate()
     server.wait(timeout=30)
+
+
+@pytest.fixture()
+def server(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Tracking on, into the session's loopback ``mlflow server``."""
+    monkeypatch.delenv("SRS_TRACKING", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+def mlflow_client(uri: str):
+    """An ``MlflowClient`` to read back what a test tracked."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)

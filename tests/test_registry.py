@@ -8,24 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import mlflow_client
 
 from srs_core.cli import main
 from srs_core.deploy import label_value, registered_model
 from srs_core.errors import ConfigError
 from srs_core.tracking import register_model, resolve_registered
-
-
-@pytest.fixture()
-def server(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.delenv("SRS_TRACKING", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    return mlflow_server
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
 
 
 def test_version_with_lineage_and_alias_only_when_asked(server) -> None:
@@ -35,7 +23,7 @@ def test_version_with_lineage_and_alias_only_when_asked(server) -> None:
     second = register_model("srs-test", "s3://runs/b/srs/best.pt", "s3://runs/b/index",
                             metrics, {}, "kfp-b", alias="champion")
     assert int(second) == int(first) + 1
-    client = _client(server)
+    client = mlflow_client(server)
     version = client.get_model_version("srs-test", first)
     assert version.tags["srs.checkpoint"] == "s3://runs/a/srs/best.pt"
     assert version.tags["srs.kfp_run_id"] == "kfp-a"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import mlflow_client
 
 from srs_core import tracking
 from srs_core.cli import main
@@ -25,18 +26,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synthesize(out, seed=5, dialogs=48, sets=8, images=40)
     return out
 
-
-@pytest.fixture()
-def server(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.delenv("SRS_TRACKING", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    return mlflow_server
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
 
 
 def test_metric_names_have_one_rule() -> None:
@@ -69,7 +58,7 @@ def test_train_and_evaluate_log_to_a_real_server(server, demo, emotion, tmp_path
     assert main(["evaluate", "--preset", "tiny", "--checkpoint", best, "--split", "test",
                  "--out", str(tmp_path / "eval"), *overrides]) == 0
 
-    client = _client(server)
+    client = mlflow_client(server)
     experiment = client.get_experiment_by_name("srs")
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])
             if run.data.tags.get("srs.checkpoint") == best}
@@ -100,7 +89,7 @@ def test_pipeline_steps_nest_under_one_parent(server, tmp_path) -> None:
     with tracking.step_run("evaluate-test", str(tmp_path), "kfp-run-1") as second:
         pass
     tracking.end_pipeline_run("kfp-run-1", str(tmp_path))
-    client = _client(server)
+    client = mlflow_client(server)
     parent = client.get_run(first.run_id).data.tags["mlflow.parentRunId"]
     assert client.get_run(second.run_id).data.tags["mlflow.parentRunId"] == parent
     top = client.get_run(parent)
@@ -139,7 +128,7 @@ def test_steps_starting_together_share_one_pipeline_run(server, tmp_path) -> Non
     with ThreadPoolExecutor(4) as pool:
         parents = set(pool.map(lambda _: tracking.pipeline_parent("kfp-race", str(tmp_path)),
                                range(4)))
-    client = _client(server)
+    client = mlflow_client(server)
     experiment = client.get_experiment_by_name("srs").experiment_id
     active = client.search_runs([experiment], "tags.`srs.kfp_run_id` = 'kfp-race'")
     assert len(parents) == 1 and [run.info.run_id for run in active] == list(parents)
